@@ -1,0 +1,58 @@
+"""The RAGline gateway application: `create_app()` builds it, `main()` is the `ragline` CLI."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from fastapi import FastAPI
+
+from gateway.health import router as health_router
+from gateway.runtime import Runtime
+from gateway.settings import Settings, load_settings
+from gateway.transport import GatewayRouter
+from schema.root import SCHEMA
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A gateway app; its lifespan connects to Redis and starts the shared reader."""
+    runtime = Runtime.from_settings(settings or load_settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        demo = _start_demo(runtime)
+        try:
+            yield
+        finally:
+            if demo is not None:
+                demo.cancel()
+                with suppress(asyncio.CancelledError):
+                    await demo
+            await runtime.stop()
+
+    app = FastAPI(title="RAGline gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.runtime = runtime
+    app.include_router(GatewayRouter(SCHEMA, runtime))
+    app.include_router(health_router)
+    return app
+
+
+def _start_demo(runtime: Runtime) -> asyncio.Task[None] | None:
+    if not runtime.settings.demo or runtime.redis is None:
+        return None
+    from gateway.demo import run_demo
+
+    return asyncio.create_task(run_demo(runtime.redis), name="ragline-demo")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `ragline` command."""
+    from gateway.cli import main as cli_main
+
+    return cli_main(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

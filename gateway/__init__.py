@@ -1,0 +1,1 @@
+"""The process around the schema: settings, auth, transports, embedded Redis, CLI."""

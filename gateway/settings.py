@@ -1,0 +1,105 @@
+"""All configuration, read once from `RAGLINE_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TypeVar
+
+N = TypeVar("N", int, float)
+
+FORBIDDEN_ALGORITHMS = frozenset({"none", ""})
+MIN_HS_KEY_BYTES = 32
+
+
+class SettingsError(ValueError):
+    """A RAGLINE_* variable has a value the gateway cannot run with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every field maps to `RAGLINE_<FIELD>`; see the README's configuration table."""
+
+    redis_url: str | None = None            # unset: embedded Redis under data_dir
+    data_dir: Path = Path(".ragline")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    jwt_secret: str | None = None           # unset: a development secret in data_dir
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_public_key_file: Path | None = None  # PEM for RS*/ES*/PS* algorithms
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway: float = 0.0
+    allowed_origins: tuple[str, ...] = ()
+    init_timeout: float = 5.0               # seconds to send connection_init
+    max_subscriptions_per_connection: int = 20
+    redis_max_connections: int = 8          # command pool; the reader has one more
+    ack_interval: float = 0.02              # seconds between cursor flushes
+    log_level: str = "info"
+    graphiql: bool = True
+    demo: bool = False                      # run the demo producer (tenant "demo")
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build `Settings` from the environment; raises SettingsError with the variable's name."""
+    env = os.environ if environ is None else environ
+
+    def get(name: str) -> str | None:
+        return env.get(f"RAGLINE_{name}") or None
+
+    settings = Settings(
+        redis_url=get("REDIS_URL"),
+        data_dir=Path(get("DATA_DIR") or ".ragline"),
+        host=get("HOST") or "127.0.0.1",
+        port=_number(get, "PORT", 8000, int),
+        jwt_secret=get("JWT_SECRET"),
+        jwt_algorithms=_list(get("JWT_ALGORITHMS") or "HS256"),
+        jwt_public_key_file=Path(p) if (p := get("JWT_PUBLIC_KEY_FILE")) else None,
+        jwt_audience=get("JWT_AUDIENCE"),
+        jwt_issuer=get("JWT_ISSUER"),
+        jwt_leeway=_number(get, "JWT_LEEWAY", 0.0, float),
+        allowed_origins=_list(get("ALLOWED_ORIGINS") or ""),
+        init_timeout=_number(get, "INIT_TIMEOUT", 5.0, float),
+        max_subscriptions_per_connection=_number(get, "MAX_SUBSCRIPTIONS_PER_CONNECTION", 20, int),
+        redis_max_connections=_number(get, "REDIS_MAX_CONNECTIONS", 8, int),
+        ack_interval=_number(get, "ACK_INTERVAL", 0.02, float),
+        log_level=(get("LOG_LEVEL") or "info").lower(),
+        graphiql=_flag(get("GRAPHIQL"), True),
+        demo=_flag(get("DEMO"), False),
+    )
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    bad = [a for a in settings.jwt_algorithms if a.lower() in FORBIDDEN_ALGORITHMS]
+    if bad:
+        raise SettingsError("RAGLINE_JWT_ALGORITHMS must not allow 'none'")
+    if settings.jwt_secret is not None and len(settings.jwt_secret.encode()) < MIN_HS_KEY_BYTES:
+        if any(a.startswith("HS") for a in settings.jwt_algorithms):
+            raise SettingsError(f"RAGLINE_JWT_SECRET must be at least {MIN_HS_KEY_BYTES} bytes")
+    if not 0 < settings.port < 65536:
+        raise SettingsError("RAGLINE_PORT must be between 1 and 65535")
+
+
+def _flag(value: str | None, default: bool) -> bool:
+    return default if value is None else value.lower() not in {"0", "false", "no", "off"}
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _number(get: Callable[[str], str | None], name: str, default: N, kind: Callable[[str], N]) -> N:
+    raw = get(name)
+    if raw is None:
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise SettingsError(f"RAGLINE_{name} must be a number, got {raw!r}") from None

@@ -1,0 +1,154 @@
+"""The `events` and `orderEvents` subscriptions: entries in, schema objects out.
+
+Each call opens its own consumer group through the hub, yields the matching
+entries in stream order and acknowledges each entry only after the yield
+returned, that is after Strawberry wrote the `next` message; entries a filter
+skips are acknowledged at once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from typing import Any, TypeVar
+
+from schema.errors import ErrorCode, GatewayError
+from schema.types import Event, OrderEvent
+from streaming import keys
+from streaming.entries import Entry
+from streaming.errors import (
+    CursorExpired,
+    DurableTakenOver,
+    InvalidCursor,
+    SlowConsumer,
+    StreamingError,
+    Unavailable,
+)
+from streaming.hub import Cursor, Hub
+from streaming.subscription import Subscription
+
+from .context import GatewayContext, Principal
+from .filters import Accept, order_filter, type_filter
+
+T = TypeVar("T")
+
+_CODES: dict[type[StreamingError], ErrorCode] = {
+    InvalidCursor: ErrorCode.BAD_USER_INPUT,
+    CursorExpired: ErrorCode.CURSOR_EXPIRED,
+    DurableTakenOver: ErrorCode.DURABLE_TAKEN_OVER,
+    Unavailable: ErrorCode.UNAVAILABLE,
+    SlowConsumer: ErrorCode.SLOW_CONSUMER,
+}
+
+
+def to_event(entry: Entry) -> Event:
+    return Event(
+        id=entry.id,  # type: ignore[arg-type]
+        type=entry.event_type,
+        tenant_id=entry.tenant_id,
+        event_id=entry.event_id,
+        occurred_at=entry.occurred_at,
+        payload=entry.payload,
+    )
+
+
+def to_order_event(entry: Entry) -> OrderEvent:
+    status = entry.payload.get("status")
+    return OrderEvent(
+        id=entry.id,  # type: ignore[arg-type]
+        type=entry.event_type,
+        order_id=str(entry.payload["order_id"]),
+        status=None if status is None else str(status),
+        occurred_at=entry.occurred_at,
+        payload=entry.payload,
+    )
+
+
+async def open_events(
+    context: GatewayContext, types: list[str] | None, after: str | None, durable: str | None
+) -> AsyncIterator[Event]:
+    return await _open(context, keys.EVENTS_KIND, type_filter(types), to_event, after, durable)
+
+
+async def open_order_events(
+    context: GatewayContext, order_id: str | None, after: str | None, durable: str | None
+) -> AsyncIterator[OrderEvent]:
+    return await _open(context, keys.ORDERS_KIND, order_filter(order_id), to_order_event, after, durable)
+
+
+def require_principal(context: GatewayContext) -> Principal:
+    if context.principal is None:
+        raise GatewayError(ErrorCode.UNAUTHENTICATED, "Authentication required")
+    return context.principal
+
+
+async def _open(
+    context: GatewayContext,
+    kind: str,
+    accept: Accept,
+    convert: Callable[[Entry], T],
+    after: str | None,
+    durable: str | None,
+) -> AsyncIterator[T]:
+    principal = require_principal(context)
+    hub = context.hub
+    assert hub is not None
+    if after is not None or durable is not None:
+        raise GatewayError(ErrorCode.NOT_IMPLEMENTED, "'after' and 'durable' are not implemented yet")
+    group = keys.ephemeral_group(kind, principal.tenant_id, hub.config.process_id, uuid.uuid4().hex)
+    stack = AsyncExitStack()
+    try:
+        subscription = await stack.enter_async_context(hub.subscribe(principal.tenant_id, group, Cursor()))
+    except StreamingError as error:
+        await stack.aclose()
+        raise as_graphql_error(error) from None
+    return DeliveryStream(stack, _deliver(hub, subscription, accept, convert))
+
+
+def as_graphql_error(error: StreamingError) -> GatewayError:
+    return GatewayError(_CODES[type(error)], str(error))
+
+
+async def _deliver(
+    hub: Hub, subscription: Subscription, accept: Accept, convert: Callable[[Entry], T]
+) -> AsyncGenerator[T, None]:
+    counters = hub.counters.tenant(subscription.tenant_id)
+    while True:
+        try:
+            record = await subscription.next_record()
+        except StreamingError as error:
+            raise as_graphql_error(error) from None
+        if isinstance(record, Entry) and accept(record):
+            yield convert(record)
+            counters.delivered += 1
+        else:
+            counters.skipped += 1
+        hub.ack(subscription, record)
+
+
+class DeliveryStream(AsyncIterator[T]):
+    """The subscription's event source; closing it releases the group even
+    when the stream was never iterated."""
+
+    def __init__(self, stack: AsyncExitStack, source: AsyncGenerator[T, None]) -> None:
+        self._stack = stack
+        self._source = source
+
+    def __aiter__(self) -> DeliveryStream[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        return await self._source.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._source.aclose()
+        finally:
+            await self._stack.aclose()
+
+    def __repr__(self) -> str:
+        return f"<DeliveryStream {self._source!r}>"
+
+
+__all__: list[Any] = ["open_events", "open_order_events", "to_event", "to_order_event"]

@@ -1,0 +1,52 @@
+"""Which entries a subscription delivers: type patterns and order filters."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from schema.errors import ErrorCode, GatewayError
+from streaming.entries import Entry
+
+Accept = Callable[[Entry], bool]
+MAX_TYPE_PATTERNS = 50
+ORDER_PREFIX = "order_"
+_PATTERN = re.compile(r"(?:[a-z][a-z0-9_.:-]{0,63})?\*?")
+
+
+def type_filter(types: list[str] | None) -> Accept:
+    """Exact names and `prefix*` patterns; None accepts every type."""
+    if types is None:
+        return _accept_all
+    if not types:
+        raise GatewayError(ErrorCode.BAD_USER_INPUT, "'types' must not be empty; omit it for all types")
+    if len(types) > MAX_TYPE_PATTERNS:
+        raise GatewayError(ErrorCode.BAD_USER_INPUT, f"'types' takes at most {MAX_TYPE_PATTERNS} patterns")
+    for pattern in types:
+        if not pattern or _PATTERN.fullmatch(pattern) is None:
+            raise GatewayError(ErrorCode.BAD_USER_INPUT, f"Invalid event type pattern {pattern!r}")
+    exact = frozenset(t for t in types if not t.endswith("*"))
+    prefixes = tuple(t[:-1] for t in types if t.endswith("*"))
+    if "" in prefixes:
+        return _accept_all
+    return lambda entry: entry.event_type in exact or entry.event_type.startswith(prefixes)
+
+
+def order_filter(order_id: str | None) -> Accept:
+    """`order_*` events carrying an order id; only `order_id`'s when given."""
+    if order_id is not None and not order_id:
+        raise GatewayError(ErrorCode.BAD_USER_INPUT, "'orderId' must not be empty")
+
+    def accept(entry: Entry) -> bool:
+        if not entry.event_type.startswith(ORDER_PREFIX):
+            return False
+        found = entry.payload.get("order_id")
+        if not isinstance(found, str | int) or isinstance(found, bool):
+            return False
+        return order_id is None or str(found) == order_id
+
+    return accept
+
+
+def _accept_all(entry: Entry) -> bool:
+    return True

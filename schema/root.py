@@ -1,0 +1,75 @@
+"""The assembled schema: root types wired to the resolvers; `SCHEMA` is what `/graphql` serves."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TypeVar
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.schema.config import StrawberryConfig
+from strawberry.types import ExecutionContext, Info
+from strawberry.types.unset import UNSET
+
+from resolvers import GatewayContext, open_events, open_order_events, resolve_stats
+
+from .types import SCALARS, Event, OrderEvent, Stats
+
+T = TypeVar("T")
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="Live gateway figures for the caller's tenant (all tenants for admins).")
+    def stats(self, info: Info[GatewayContext, None]) -> Stats:
+        return resolve_stats(info.context)
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description='Every event of the caller\'s tenant; `types` takes exact names or prefixes ending in "*".'
+    )
+    async def events(
+        self,
+        info: Info[GatewayContext, None],
+        types: list[str] | None = UNSET,
+        after: strawberry.ID | None = UNSET,
+        durable: str | None = UNSET,
+    ) -> AsyncIterator[Event]:
+        return await open_events(info.context, _given(types), _given(after), _given(durable))
+
+    @strawberry.subscription(description="order_* events of the caller's tenant, optionally of one order.")
+    async def order_events(
+        self,
+        info: Info[GatewayContext, None],
+        order_id: str | None = UNSET,
+        after: strawberry.ID | None = UNSET,
+        durable: str | None = UNSET,
+    ) -> AsyncIterator[OrderEvent]:
+        return await open_order_events(info.context, _given(order_id), _given(after), _given(durable))
+
+
+def _given(value: T | None) -> T | None:
+    """Arguments default to UNSET so the SDL shows no default; treat it as null."""
+    return None if value is UNSET else value
+
+
+class GatewaySchema(strawberry.Schema):
+    """Logs only unexpected errors: a client's bad input is not the server's problem."""
+
+    def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
+        unexpected = [e for e in errors if _is_internal(e)]
+        if unexpected:
+            super().process_errors(unexpected, execution_context)
+
+
+def _is_internal(error: GraphQLError) -> bool:
+    """An exception escaped a resolver; syntax, validation and coded errors are the client's."""
+    original = error.original_error
+    return original is not None and not isinstance(original, GraphQLError)
+
+
+SCHEMA = GatewaySchema(query=Query, subscription=Subscription, config=StrawberryConfig(scalar_map=SCALARS))
+
+__all__ = ["SCHEMA"]

@@ -1,0 +1,277 @@
+"""The streaming core: one shared reader per process, fanning out to cursors.
+
+One task blocks in a single `XREAD` over every tenant stream that has local
+subscribers and offers what it reads, parsed once, to those subscribers. Each
+subscription has its own tenant-scoped consumer group that serves as its
+durable cursor: the group is moved (`XGROUP SETID`) only past entries that
+were written to the client, in one pipelined round trip per flush for all
+subscriptions. Subscribers never hold a Redis connection of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from . import keys
+from .counters import Counters
+from .entries import DeadLetter, Record, parse_record
+from .errors import CursorExpired, InvalidCursor, Unavailable
+from .store import RedisStore
+from .subscription import Feed, Subscription
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """Tuning of the shared reader; the defaults suit most deployments."""
+
+    process_id: str
+    read_count: int = 1000          # entries per stream per XREAD
+    block_ms: int = 2000            # XREAD block; new feeds wake it early
+    buffer_limit: int = 2000        # records buffered per subscription
+    range_count: int = 500          # entries per catch-up XRANGE
+    ack_interval: float = 0.02      # seconds between cursor flushes
+    retry_max: float = 5.0          # longest pause between Redis retries
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a new subscription starts: `after` id and/or durable group."""
+
+    after: str | None = None
+    durable_group: str | None = None
+
+
+class Hub:
+    """Owns the reader and cursor-flush tasks and every live subscription."""
+
+    def __init__(self, redis: Redis, reader: Redis, config: HubConfig) -> None:
+        self.config = config
+        self.counters = Counters()
+        self.store = RedisStore(redis)
+        self._redis = redis
+        self._reader = reader
+        self._reader_id: int | None = None
+        self._blocking = False
+        self._feeds: dict[str, Feed] = {}
+        self._feeds_changed = asyncio.Event()
+        self._dirty: dict[Subscription, None] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.available = True
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._read_loop(), name="ragline-reader"),
+            asyncio.create_task(self._flush_loop(), name="ragline-acker"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        with suppress(RedisError, OSError):
+            await self.flush()
+
+    @asynccontextmanager
+    async def subscribe(self, tenant_id: str, group: str, cursor: Cursor) -> AsyncIterator[Subscription]:
+        """A subscription with its own group; everything is undone on exit."""
+        keys.validate_tenant(tenant_id)
+        start = await self._open_group(tenant_id, group, cursor)
+        feed = await self._join_feed(tenant_id)
+        subscription = Subscription(
+            feed, group, start, self.read_range,
+            buffer_limit=self.config.buffer_limit, range_count=self.config.range_count,
+        )
+        feed.subscriptions.add(subscription)
+        self.counters.tenant(tenant_id).subscriptions += 1
+        try:
+            yield subscription
+        finally:
+            self.counters.tenant(tenant_id).subscriptions -= 1
+            self._leave_feed(subscription)
+            await self._close_group(subscription, durable=cursor.durable_group is not None)
+
+    def ack(self, subscription: Subscription, record: Record) -> None:
+        """Record that `record` was written to the client (or skipped)."""
+        if subscription.ack(record):
+            self._dirty[subscription] = None
+
+    async def read_range(self, tenant_id: str, after: str, count: int) -> list[Record]:
+        """History read for a subscription that is behind the reader."""
+        try:
+            records = await self.store.read_after(tenant_id, after, count)
+            await self._dead_letter(tenant_id, records)
+        except (RedisError, OSError) as error:
+            raise Unavailable("Redis is unavailable") from error
+        return records
+
+    async def flush(self) -> None:
+        """Move every dirty subscription's group to its last written entry."""
+        if not self._dirty:
+            return
+        batch = list(self._dirty)
+        self._dirty.clear()
+        moves = [(s.tenant_id, s.group, s.acked) for s in batch]
+        try:
+            results = await self.store.move_groups(moves)
+        except (RedisError, OSError):
+            self._dirty.update(dict.fromkeys(batch))
+            raise
+        for subscription, result in zip(batch, results, strict=True):
+            if isinstance(result, Exception):
+                logger.debug("cursor move failed for %s: %s", subscription.group, result)
+
+    def subscriptions(self) -> list[Subscription]:
+        return [s for feed in self._feeds.values() for s in feed.subscriptions]
+
+    # -- groups ---------------------------------------------------------------
+
+    async def _open_group(self, tenant_id: str, group: str, cursor: Cursor) -> str:
+        try:
+            if cursor.after is not None:
+                start = await self._checked_after(tenant_id, cursor.after)
+            else:
+                start = await self.store.stream_end(tenant_id)
+            await self.store.create_group(tenant_id, group, start)
+        except (RedisError, OSError) as error:
+            raise Unavailable("Redis is unavailable") from error
+        return start
+
+    async def _checked_after(self, tenant_id: str, after: str) -> str:
+        try:
+            after_key = keys.parse_stream_id(after)
+        except ValueError as error:
+            raise InvalidCursor(f"'after' is not a stream id: {after!r}") from error
+        first = await self.store.stream_start(tenant_id)
+        if first is not None and after_key < keys.parse_stream_id(first) and after_key != (0, 0):
+            raise CursorExpired(f"Entries after {after} were trimmed from the stream")
+        return after
+
+    async def _close_group(self, subscription: Subscription, *, durable: bool) -> None:
+        self._dirty.pop(subscription, None)
+        try:
+            if durable:
+                await self.store.move_groups([(subscription.tenant_id, subscription.group, subscription.acked)])
+            else:
+                await self.store.destroy_group(subscription.tenant_id, subscription.group)
+        except (RedisError, OSError) as error:
+            logger.warning("could not release group %s: %s", subscription.group, error)
+
+    # -- the shared reader ----------------------------------------------------
+
+    async def _join_feed(self, tenant_id: str) -> Feed:
+        feed = self._feeds.get(tenant_id)
+        if feed is not None:
+            return feed
+        head = await self.store.stream_end(tenant_id)
+        feed = self._feeds.get(tenant_id)  # another subscriber may have won the race
+        if feed is None:
+            feed = Feed(tenant_id, head, keys.parse_stream_id(head))
+            self._feeds[tenant_id] = feed
+            await self._wake_reader()
+        return feed
+
+    def _leave_feed(self, subscription: Subscription) -> None:
+        feed = subscription.feed
+        feed.subscriptions.discard(subscription)
+        if not feed.subscriptions and self._feeds.get(feed.tenant_id) is feed:
+            del self._feeds[feed.tenant_id]
+
+    async def _wake_reader(self) -> None:
+        self._feeds_changed.set()
+        if self._blocking and self._reader_id is not None:
+            with suppress(RedisError, OSError):
+                await self._redis.client_unblock(self._reader_id)
+
+    async def _read_loop(self) -> None:
+        pause = 0.0
+        while True:
+            if not self._feeds:
+                self._feeds_changed.clear()
+                await self._feeds_changed.wait()
+                continue
+            try:
+                await self._read_once()
+            except (RedisError, OSError) as error:
+                pause = min(self.config.retry_max, max(0.1, pause * 2))
+                self._on_outage(error)
+                await asyncio.sleep(pause)
+                continue
+            pause = 0.0
+            self._on_recovery()
+
+    async def _read_once(self) -> None:
+        if self._reader_id is None:
+            self._reader_id = int(await self._reader.client_id())
+        heads = {keys.events_key(f.tenant_id): f for f in self._feeds.values()}
+        self._feeds_changed.clear()
+        self._blocking = True
+        try:
+            reply = await self._reader.xread(
+                {key: feed.head for key, feed in heads.items()},
+                count=self.config.read_count,
+                block=self.config.block_ms,
+            )
+        except BaseException:
+            self._reader_id = None
+            raise
+        finally:
+            self._blocking = False
+        for raw_key, entries in reply or []:
+            key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+            await self._dispatch(heads[key], entries)
+
+    async def _dispatch(self, feed: Feed, entries: list[Any]) -> None:
+        if self._feeds.get(feed.tenant_id) is not feed:
+            return  # the feed ended while we were reading
+        records = [parse_record(feed.tenant_id, _text(entry_id), fields) for entry_id, fields in entries]
+        await self._dead_letter(feed.tenant_id, records)
+        prev_key = feed.head_key
+        feed.head, feed.head_key = records[-1].id, records[-1].sort_key
+        for subscription in list(feed.subscriptions):
+            subscription.offer(prev_key, records)
+
+    async def _dead_letter(self, tenant_id: str, records: list[Record]) -> None:
+        for record in records:
+            if isinstance(record, DeadLetter) and await self.store.dead_letter(tenant_id, record):
+                self.counters.tenant(tenant_id).dead_lettered += 1
+                logger.warning("dead-lettered %s of tenant %s: %s", record.id, tenant_id, record.reason)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.ack_interval)
+            try:
+                await self.flush()
+            except (RedisError, OSError) as error:
+                logger.debug("cursor flush failed: %s", error)
+
+    def _on_outage(self, error: BaseException) -> None:
+        if self.available:
+            logger.error("Redis unavailable (%s); retrying with backoff", error)
+        self.available = False
+
+    def _on_recovery(self) -> None:
+        if not self.available:
+            logger.warning("Redis available again")
+        self.available = True
+
+
+def new_process_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

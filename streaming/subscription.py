@@ -1,0 +1,130 @@
+"""One subscriber's ordered view of its tenant's stream.
+
+A `Subscription` is a cursor: it hands out the records after its position in
+stream order, without gaps. Live records arrive from the shared reader
+(`offer`); whenever it has missed some (it started behind the reader, or its
+buffer was full) it reads the gap from Redis itself, so a slow subscriber
+costs a bounded buffer, never unbounded memory, and loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from .entries import Record
+from .errors import StreamingError
+from .keys import parse_stream_id
+
+
+@dataclass(eq=False)
+class Feed:
+    """The shared reader's position in one tenant's stream and who listens."""
+
+    tenant_id: str
+    head: str
+    head_key: tuple[int, int]
+    subscriptions: set[Subscription] = field(default_factory=set)
+
+
+RangeReader = Callable[[str, str, int], Awaitable[list[Record]]]
+
+
+class Subscription:
+    """Ordered records after a start position, for one consumer group."""
+
+    def __init__(
+        self,
+        feed: Feed,
+        group: str,
+        start: str,
+        read_range: RangeReader,
+        *,
+        buffer_limit: int,
+        range_count: int,
+    ) -> None:
+        self.feed = feed
+        self.tenant_id = feed.tenant_id
+        self.group = group
+        self.acked = start
+        self._acked_key = parse_stream_id(start)
+        self.unacked = 0
+        self._tail = start
+        self._tail_key = parse_stream_id(start)
+        self._queue: deque[Record] = deque()
+        self._wake = asyncio.Event()
+        self._behind = True
+        self._error: StreamingError | None = None
+        self._read_range = read_range
+        self._buffer_limit = buffer_limit
+        self._range_count = range_count
+
+    @property
+    def buffered(self) -> int:
+        return len(self._queue)
+
+    def offer(self, prev_key: tuple[int, int], records: Sequence[Record]) -> None:
+        """Take a batch the reader read after `prev_key`; called without awaiting."""
+        if self._behind or self._error is not None:
+            return
+        if prev_key > self._tail_key:
+            self._fall_behind()
+            return
+        fresh = [r for r in records if r.sort_key > self._tail_key]
+        if not fresh:
+            return
+        if len(self._queue) + len(fresh) > self._buffer_limit:
+            self._fall_behind()
+            return
+        self._append(fresh)
+
+    def fail(self, error: StreamingError) -> None:
+        """End the subscription with `error` once its buffered records are out."""
+        if self._error is None:
+            self._error = error
+        self._wake.set()
+
+    async def next_record(self) -> Record:
+        """The next record in stream order; waits for one."""
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._queue:
+                self.unacked += 1
+                return self._queue.popleft()
+            if self._behind:
+                await self._catch_up()
+                continue
+            self._wake.clear()
+            await self._wake.wait()
+
+    def ack(self, record: Record) -> bool:
+        """Mark `record` as written (or skipped); True when the cursor moved."""
+        self.unacked = max(0, self.unacked - 1)
+        if record.sort_key <= self._acked_key:
+            return False
+        self.acked = record.id
+        self._acked_key = record.sort_key
+        return True
+
+    async def _catch_up(self) -> None:
+        records = await self._read_range(self.tenant_id, self._tail, self._range_count)
+        fresh = [r for r in records if r.sort_key > self._tail_key]
+        if fresh:
+            self._append(fresh)
+        # No await between this check and clearing the flag: every batch the
+        # reader offers from here on starts at or before our tail.
+        if len(records) < self._range_count and self.feed.head_key <= self._tail_key:
+            self._behind = False
+
+    def _append(self, records: Sequence[Record]) -> None:
+        self._queue.extend(records)
+        self._tail = records[-1].id
+        self._tail_key = records[-1].sort_key
+        self._wake.set()
+
+    def _fall_behind(self) -> None:
+        self._behind = True
+        self._wake.set()

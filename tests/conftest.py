@@ -1,0 +1,74 @@
+"""Fixtures: a real Redis (started here unless RAGLINE_TEST_REDIS_URL is set) and real gateways."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from gateway.embedded import RedisServer
+from gateway.settings import Settings
+from helpers import SECRET, GatewayServer, new_tenant
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("RAGLINE_TEST_REDIS_URL")
+    if external:
+        yield external
+        return
+    server = RedisServer.on_port(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def base_settings(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(
+        redis_url=redis_url,
+        data_dir=Path(tmp_path_factory.mktemp("data")),
+        jwt_secret=SECRET,
+        log_level="warning",
+    )
+
+
+@pytest.fixture(scope="session")
+def gateway(base_settings: Settings) -> Iterator[GatewayServer]:
+    server = GatewayServer(base_settings).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_gateway(base_settings: Settings) -> Iterator[Callable[..., GatewayServer]]:
+    started: list[GatewayServer] = []
+
+    def make(**overrides: object) -> GatewayServer:
+        server = GatewayServer(base_settings.with_overrides(**overrides)).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def tenant() -> str:
+    return new_tenant()

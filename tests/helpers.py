@@ -1,0 +1,217 @@
+"""Test support: a gateway in a thread, tokens, and protocol clients over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+import redis
+import uvicorn
+import websockets
+
+from app import create_app
+from gateway.embedded import free_port
+from gateway.settings import Settings
+from streaming import keys
+
+SECRET = "test-secret-" + "x" * 64  # long enough for HS512 too
+TRANSPORT_WS = "graphql-transport-ws"
+LEGACY_WS = "graphql-ws"
+EVENTS_QUERY = "subscription($types: [String!]) { events(types: $types) { id type tenantId eventId occurredAt payload } }"
+ORDERS_QUERY = "subscription($orderId: String) { orderEvents(orderId: $orderId) { id type orderId status occurredAt payload } }"
+TIMEOUT = 10.0
+
+
+def new_tenant() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+def make_token(
+    tenant: str,
+    user: str = "u1",
+    *,
+    roles: list[str] | None = None,
+    ttl: float = 3600,
+    secret: str = SECRET,
+    algorithm: str = "HS256",
+    **extra: Any,
+) -> str:
+    claims: dict[str, Any] = {"tenant_id": tenant, "user_id": user, "exp": int(time.time() + ttl)}
+    if roles:
+        claims["roles"] = roles
+    claims.update(extra)
+    return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+class GatewayServer:
+    """The real app under uvicorn on a free port, in a thread with its own event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.port = free_port()
+        self.settings = settings.with_overrides(port=self.port)
+        self.app = create_app(self.settings)
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_config=None, ws_per_message_deflate=False,
+            loop="asyncio",  # uvloop cannot close cleanly in a non-main thread; the CLI tests run it
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/graphql"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/graphql"
+
+    @property
+    def hub(self) -> Any:
+        return self.app.state.runtime.hub
+
+    def start(self) -> GatewayServer:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("gateway did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+def publish(client: redis.Redis, tenant: str, event_type: str, payload: dict[str, Any] | None = None, **fields: str) -> str:
+    """XADD a valid event the way a producer does; returns the entry id."""
+    entry = {"event_type": event_type, "tenant_id": tenant, "payload": json.dumps(payload or {}), **fields}
+    return client.xadd(keys.events_key(tenant), entry).decode()
+
+
+def xadd_raw(client: redis.Redis, tenant: str, fields: dict[str, str]) -> str:
+    return client.xadd(keys.events_key(tenant), fields).decode()
+
+
+@dataclass
+class Frame:
+    raw: dict[str, Any]
+
+    @property
+    def type(self) -> str:
+        return str(self.raw.get("type"))
+
+
+class ProtocolClient:
+    """A graphql-transport-ws or legacy graphql-ws client speaking raw frames."""
+
+    def __init__(self, ws: Any, protocol: str) -> None:
+        self.ws = ws
+        self.protocol = protocol
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(message))
+
+    async def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        while True:
+            message = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+            if message.get("type") not in {"ka", "ping", "pong"}:
+                return dict(message)
+
+    async def init(self, payload: dict[str, Any] | None) -> dict[str, Any]:
+        message: dict[str, Any] = {"type": "connection_init"}
+        if payload is not None:
+            message["payload"] = payload
+        await self.send(message)
+        return await self.recv()
+
+    async def subscribe(self, op_id: str, query: str, variables: dict[str, Any] | None = None) -> None:
+        kind = "subscribe" if self.protocol == TRANSPORT_WS else "start"
+        await self.send({"id": op_id, "type": kind, "payload": {"query": query, "variables": variables or {}}})
+
+    async def complete(self, op_id: str) -> None:
+        await self.send({"id": op_id, "type": "complete" if self.protocol == TRANSPORT_WS else "stop"})
+
+    async def next_data(self, op_id: str, field: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+        message = await self.recv(timeout)
+        expected = "next" if self.protocol == TRANSPORT_WS else "data"
+        assert message.get("type") == expected and message.get("id") == op_id, message
+        assert "errors" not in message["payload"], message
+        return dict(message["payload"]["data"][field])
+
+    async def collect(self, op_id: str, field: str, count: int, timeout: float = TIMEOUT) -> list[dict[str, Any]]:
+        return [await self.next_data(op_id, field, timeout) for _ in range(count)]
+
+    async def collect_by_id(self, counts: dict[str, int], timeout: float = TIMEOUT) -> dict[str, list[dict[str, Any]]]:
+        """Data of interleaved operations, by operation id, until each has its count."""
+        received: dict[str, list[dict[str, Any]]] = {op_id: [] for op_id in counts}
+        while any(len(received[op_id]) < n for op_id, n in counts.items()):
+            message = await self.recv(timeout)
+            assert message.get("type") in {"next", "data"} and message.get("id") in counts, message
+            received[message["id"]].append(next(iter(message["payload"]["data"].values())))
+        return received
+
+    async def expect_silence(self, seconds: float = 0.5) -> None:
+        try:
+            message = await asyncio.wait_for(self.ws.recv(), seconds)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected message {message}")
+
+
+@asynccontextmanager
+async def connect(url: str, protocol: str = TRANSPORT_WS, *, token: str | None = None, **kwargs: Any) -> Any:
+    """An initialised client; `token` is sent in connection_init as a bearer."""
+    async with websockets.connect(url, subprotocols=[protocol], compression=None, **kwargs) as ws:
+        client = ProtocolClient(ws, protocol)
+        if token is not None:
+            ack = await client.init({"authorization": f"Bearer {token}"})
+            assert ack["type"] == "connection_ack", ack
+        yield client
+
+
+async def wait_until(predicate: Any, timeout: float = TIMEOUT, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(interval)
+
+
+def groups(client: redis.Redis, tenant: str) -> list[dict[str, Any]]:
+    try:
+        infos = client.xinfo_groups(keys.events_key(tenant))
+    except redis.ResponseError:
+        return []
+    return [{k: (v.decode() if isinstance(v, bytes) else v) for k, v in info.items()} for info in infos]
+
+
+async def close_of(client: ProtocolClient, timeout: float = TIMEOUT) -> tuple[int, str]:
+    """Wait for the server to close the socket; its (code, reason)."""
+    try:
+        while True:
+            await asyncio.wait_for(client.ws.recv(), timeout)
+    except websockets.ConnectionClosed as closed:
+        assert closed.rcvd is not None, "the server closed without a close frame"
+        return closed.rcvd.code, closed.rcvd.reason
+    raise AssertionError("unreachable")
+
+
+def unsigned_token(claims: dict[str, Any]) -> str:
+    """An `alg: none` token, which must never be accepted."""
+    import base64
+
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+
+
+STATS_QUERY = "{ stats { connections subscriptions eventsDelivered pending deadLettered redisAvailable tenants { tenantId connections subscriptions eventsDelivered pending deadLettered } } }"
