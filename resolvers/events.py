@@ -8,7 +8,6 @@ skips are acknowledged at once.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
@@ -25,8 +24,7 @@ from streaming.errors import (
     StreamingError,
     Unavailable,
 )
-from streaming.hub import Cursor, Hub
-from streaming.subscription import Subscription
+from streaming.hub import Cursor
 
 from .context import GatewayContext, Principal
 from .filters import Accept, order_filter, type_filter
@@ -96,35 +94,31 @@ async def _open(
     assert hub is not None
     if after is not None or durable is not None:
         raise GatewayError(ErrorCode.NOT_IMPLEMENTED, "'after' and 'durable' are not implemented yet")
-    group = keys.ephemeral_group(kind, principal.tenant_id, hub.config.process_id, uuid.uuid4().hex)
     stack = AsyncExitStack()
     try:
-        subscription = await stack.enter_async_context(hub.subscribe(principal.tenant_id, group, Cursor()))
+        subscription = await stack.enter_async_context(hub.subscribe(principal.tenant_id, kind, Cursor()))
     except StreamingError as error:
         await stack.aclose()
         raise as_graphql_error(error) from None
-    return DeliveryStream(stack, _deliver(hub, subscription, accept, convert))
+    return DeliveryStream(stack, _converted(hub.deliveries(subscription, accept), convert))
 
 
 def as_graphql_error(error: StreamingError) -> GatewayError:
     return GatewayError(_CODES[type(error)], str(error))
 
 
-async def _deliver(
-    hub: Hub, subscription: Subscription, accept: Accept, convert: Callable[[Entry], T]
-) -> AsyncGenerator[T, None]:
-    counters = hub.counters.tenant(subscription.tenant_id)
-    while True:
-        try:
-            record = await subscription.next_record()
-        except StreamingError as error:
-            raise as_graphql_error(error) from None
-        if isinstance(record, Entry) and accept(record):
-            yield convert(record)
-            counters.delivered += 1
-        else:
-            counters.skipped += 1
-        hub.ack(subscription, record)
+async def _converted(entries: AsyncGenerator[Entry, None], convert: Callable[[Entry], T]) -> AsyncGenerator[T, None]:
+    """Schema objects from the hub's entries; streaming errors become coded GraphQL errors.
+
+    No code runs between our yield and the hub's, so the hub acknowledges an
+    entry exactly when Strawberry asks for the next one: after the write."""
+    try:
+        async for entry in entries:
+            yield convert(entry)
+    except StreamingError as error:
+        raise as_graphql_error(error) from None
+    finally:
+        await entries.aclose()
 
 
 class DeliveryStream(AsyncIterator[T]):

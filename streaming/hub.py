@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -23,12 +23,13 @@ from redis.exceptions import RedisError
 
 from . import keys
 from .counters import Counters
-from .entries import DeadLetter, Record, parse_record
+from .entries import DeadLetter, Entry, Record, parse_record
 from .errors import CursorExpired, InvalidCursor, Unavailable
 from .store import RedisStore
 from .subscription import Feed, Subscription
 
 logger = logging.getLogger(__name__)
+Accept = Callable[[Entry], bool]
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,19 @@ class HubConfig:
 
 
 @dataclass(frozen=True)
+class Durable:
+    """A named server-side cursor, scoped to (tenant, user)."""
+
+    user_id: str
+    name: str
+
+
+@dataclass(frozen=True)
 class Cursor:
-    """Where a new subscription starts: `after` id and/or durable group."""
+    """Where a new subscription starts: after an entry id, and/or at a durable cursor."""
 
     after: str | None = None
-    durable_group: str | None = None
+    durable: Durable | None = None
 
 
 class Hub:
@@ -86,9 +95,13 @@ class Hub:
             await self.flush()
 
     @asynccontextmanager
-    async def subscribe(self, tenant_id: str, group: str, cursor: Cursor) -> AsyncIterator[Subscription]:
-        """A subscription with its own group; everything is undone on exit."""
+    async def subscribe(self, tenant_id: str, kind: str, cursor: Cursor) -> AsyncIterator[Subscription]:
+        """A subscription with its own consumer group; everything is undone on exit.
+
+        `kind` is `keys.EVENTS_KIND` or `keys.ORDERS_KIND`, which only names the group.
+        """
         keys.validate_tenant(tenant_id)
+        group = self._group_name(tenant_id, kind, cursor)
         start = await self._open_group(tenant_id, group, cursor)
         feed = await self._join_feed(tenant_id)
         subscription = Subscription(
@@ -102,7 +115,20 @@ class Hub:
         finally:
             self.counters.tenant(tenant_id).subscriptions -= 1
             self._leave_feed(subscription)
-            await self._close_group(subscription, durable=cursor.durable_group is not None)
+            await self._close_group(subscription, durable=cursor.durable is not None)
+
+    async def deliveries(self, subscription: Subscription, accept: Accept) -> AsyncGenerator[Entry, None]:
+        """The subscription's accepted entries in order, each acknowledged only
+        when the consumer asks for the next one, that is after it was written."""
+        counters = self.counters.tenant(subscription.tenant_id)
+        while True:
+            record = await subscription.next_record()
+            if isinstance(record, Entry) and accept(record):
+                yield record
+                counters.delivered += 1
+            else:
+                counters.skipped += 1
+            self.ack(subscription, record)
 
     def ack(self, subscription: Subscription, record: Record) -> None:
         """Record that `record` was written to the client (or skipped)."""
@@ -138,6 +164,11 @@ class Hub:
         return [s for feed in self._feeds.values() for s in feed.subscriptions]
 
     # -- groups ---------------------------------------------------------------
+
+    def _group_name(self, tenant_id: str, kind: str, cursor: Cursor) -> str:
+        if cursor.durable is not None:
+            return keys.durable_group(kind, tenant_id, cursor.durable.user_id, cursor.durable.name)
+        return keys.ephemeral_group(kind, tenant_id, self.config.process_id, uuid.uuid4().hex)
 
     async def _open_group(self, tenant_id: str, group: str, cursor: Cursor) -> str:
         try:
