@@ -20,6 +20,7 @@ from streaming.publish import publish
 from .demo import DEMO_TENANT, DEMO_USER
 from .logs import log_config
 from .runtime import resolve_redis_url, resolve_secret
+from .server import DrainingServer
 from .settings import Settings, SettingsError, load_settings
 
 logger = logging.getLogger("ragline")
@@ -94,13 +95,15 @@ def serve_command(settings: Settings, args: argparse.Namespace) -> int:
     try:
         app = create_app(settings.with_overrides(redis_url=url))
         _print_banner(settings)
-        uvicorn.run(
+        config = uvicorn.Config(
             app,
             host=settings.host,
             port=settings.port,
             log_config=log_config(settings.log_level),
             ws_per_message_deflate=False,
+            timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout)),
         )
+        DrainingServer(config, app.state.runtime).run()
     finally:
         if embedded is not None:
             embedded.stop()

@@ -29,9 +29,11 @@ async def readyz(request: Request, response: Response) -> dict[str, object]:
             redis_ok = bool(await runtime.redis.ping())
         except (RedisError, OSError):
             redis_ok = False
-    ready = redis_ok and runtime.hub is not None and runtime.hub.available
+    hub = runtime.hub
+    reader_ok = hub is not None and hub.running and await hub.probe()
+    ready = redis_ok and reader_ok and hub is not None and hub.accepting
     response.status_code = 200 if ready else 503
-    return {"status": "ready" if ready else "not ready", "redis": redis_ok}
+    return {"status": "ready" if ready else "not ready", "redis": redis_ok, "reader": reader_ok}
 
 
 @router.get("/metrics")

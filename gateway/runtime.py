@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
 
 from streaming.hub import Hub, HubConfig, new_process_id
+from streaming.janitor import Janitor, JanitorConfig
 
 from .auth import Authenticator
 from .embedded import RedisServer, ensure_embedded
@@ -18,6 +25,17 @@ from .settings import Settings
 
 logger = logging.getLogger(__name__)
 DEV_SECRET_FILE = "jwt-secret"
+# Fail fast on a dead Redis: the hub retries with its own backoff.
+_CONNECTION: dict[str, Any] = {
+    "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+    "socket_connect_timeout": 5,
+}
+
+
+class Drainable(Protocol):
+    """A client connection that can end its operations and close for shutdown."""
+
+    async def drain(self) -> None: ...
 
 
 def resolve_secret(settings: Settings) -> tuple[str, bool]:
@@ -50,8 +68,11 @@ class Runtime:
     process_id: str = field(default_factory=new_process_id)
     hub: Hub | None = None
     redis: Redis | None = None
+    janitor: Janitor | None = None
+    connections: set[Drainable] = field(default_factory=set)
     _reader: Redis | None = None
     _embedded: RedisServer | None = None
+    _janitor_task: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -69,18 +90,62 @@ class Runtime:
             logger.info("RAGLINE_REDIS_URL is unset: using the embedded Redis at %s", url)
         name = f"ragline-gateway:{self.process_id}"  # visible in CLIENT LIST
         pool = BlockingConnectionPool.from_url(
-            url, max_connections=self.settings.redis_max_connections, timeout=None, client_name=name
+            url, max_connections=self.settings.redis_max_connections, timeout=None, client_name=name, **_CONNECTION
         )
         self.redis = Redis(connection_pool=pool)
-        reader_pool = ConnectionPool.from_url(url, max_connections=1, client_name=f"{name}:reader")
+        reader_pool = ConnectionPool.from_url(url, max_connections=1, client_name=f"{name}:reader", **_CONNECTION)
         self._reader = Redis(connection_pool=reader_pool)
-        config = HubConfig(process_id=self.process_id, ack_interval=self.settings.ack_interval)
-        self.hub = Hub(self.redis, self._reader, config)
+        self.hub = Hub(self.redis, self._reader, self._hub_config())
+        self.janitor = Janitor(self.redis, self._janitor_config())
+        try:
+            await self.janitor.beat()
+        except (RedisError, OSError) as error:
+            logger.error("Redis unreachable at start-up (%s); the gateway will keep retrying", error)
         await self.hub.start()
+        self._janitor_task = asyncio.create_task(self.janitor.run(), name="ragline-janitor")
+
+    def _hub_config(self) -> HubConfig:
+        return HubConfig(
+            process_id=self.process_id,
+            ack_interval=self.settings.ack_interval,
+            hold_type=self.settings.debug_hold_type,
+        )
+
+    def _janitor_config(self) -> JanitorConfig:
+        return JanitorConfig(
+            process_id=self.process_id,
+            orphan_timeout=self.settings.orphan_timeout,
+            interval=self.settings.janitor_interval,
+            durable_ttl=self.settings.durable_ttl,
+        )
+
+    async def drain(self) -> None:
+        """Graceful shutdown: refuse new subscriptions, complete the open ones, close sockets with 1001."""
+        if self.hub is not None:
+            self.hub.accepting = False
+        connections = list(self.connections)
+        if not connections:
+            return
+        logger.info("draining %s connections", len(connections))
+        done, pending = await asyncio.wait(
+            [asyncio.create_task(c.drain()) for c in connections], timeout=self.settings.shutdown_timeout
+        )
+        for task in pending:
+            task.cancel()
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                logger.warning("drain failed: %s", task.exception())
 
     async def stop(self) -> None:
+        if self._janitor_task is not None:
+            self._janitor_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._janitor_task
         if self.hub is not None:
             await self.hub.close()
+        if self.janitor is not None:
+            with suppress(RedisError, OSError):
+                await self.janitor.retire()
         for client in (self.redis, self._reader):
             if client is not None:
                 await client.aclose()

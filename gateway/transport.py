@@ -37,25 +37,56 @@ TOKEN_EXPIRED_CODE = 4403
 TOKEN_EXPIRED_REASON = "Token expired"
 
 
+SHUTDOWN_CODE = 1001
+SHUTDOWN_REASON = "Server shutting down"
+
+
 class _ConnectionHooks:
-    """Tells the router when a socket's handler ends, however it ends."""
+    """Registers the socket for a graceful drain and tells the router when it ends."""
 
     view: GatewayRouter
     context: GatewayContext
 
     async def handle(self) -> None:
+        connections = self.view.runtime.connections
+        connections.add(self)
         try:
             await super().handle()  # type: ignore[misc]
         finally:
+            connections.discard(self)
             self.view.on_ws_disconnect(self.context)
+
+    async def drain(self) -> None:
+        """Complete every operation (their cursors flushed), then close with 1001."""
+        await self.complete_all()
+        with suppress(RuntimeError, OSError):
+            await self.websocket.close(code=SHUTDOWN_CODE, reason=SHUTDOWN_REASON)  # type: ignore[attr-defined]
+
+    async def complete_all(self) -> None:
+        raise NotImplementedError
 
 
 class TransportWSHandler(_ConnectionHooks, BaseGraphQLTransportWSHandler[GatewayContext, None]):
-    """graphql-transport-ws, with connection accounting."""
+    """graphql-transport-ws, with connection accounting and graceful drain."""
+
+    async def complete_all(self) -> None:
+        operations = list(self.operations.values())
+        for operation in operations:
+            await self.cleanup_operation(operation.id)
+        for operation in operations:
+            with suppress(BaseException):
+                await operation.task  # type: ignore[misc]
+            if not operation.completed:
+                operation.completed = True
+                with suppress(RuntimeError, OSError):
+                    await self.send_message({"id": operation.id, "type": "complete"})
 
 
 class LegacyWSHandler(_ConnectionHooks, BaseGraphQLWSHandler[GatewayContext, None]):
-    """Legacy graphql-ws (subscriptions-transport-ws), with connection accounting."""
+    """Legacy graphql-ws (subscriptions-transport-ws), with connection accounting and drain."""
+
+    async def complete_all(self) -> None:
+        await self.cleanup()  # cancelled operations send their own `complete`
 
 
 class GatewayRouter(GraphQLRouter[GatewayContext, None]):

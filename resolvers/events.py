@@ -24,7 +24,7 @@ from streaming.errors import (
     StreamingError,
     Unavailable,
 )
-from streaming.hub import Cursor
+from streaming.hub import Cursor, Durable
 
 from .context import GatewayContext, Principal
 from .filters import Accept, order_filter, type_filter
@@ -92,15 +92,22 @@ async def _open(
     principal = require_principal(context)
     hub = context.hub
     assert hub is not None
-    if after is not None or durable is not None:
-        raise GatewayError(ErrorCode.NOT_IMPLEMENTED, "'after' and 'durable' are not implemented yet")
+    cursor = Cursor(after=after, durable=_durable(principal, durable))
     stack = AsyncExitStack()
     try:
-        subscription = await stack.enter_async_context(hub.subscribe(principal.tenant_id, kind, Cursor()))
+        subscription = await stack.enter_async_context(hub.subscribe(principal.tenant_id, kind, cursor))
     except StreamingError as error:
         await stack.aclose()
         raise as_graphql_error(error) from None
     return DeliveryStream(stack, _converted(hub.deliveries(subscription, accept), convert))
+
+
+def _durable(principal: Principal, name: str | None) -> Durable | None:
+    if name is None:
+        return None
+    if not keys.is_valid_id(name):
+        raise GatewayError(ErrorCode.BAD_USER_INPUT, "'durable' must match [A-Za-z0-9_.-]{1,64}")
+    return Durable(principal.user_id, name)
 
 
 def as_graphql_error(error: StreamingError) -> GatewayError:

@@ -3,8 +3,8 @@
 One task blocks in a single `XREAD` over every tenant stream that has local
 subscribers and offers what it reads, parsed once, to those subscribers. Each
 subscription has its own tenant-scoped consumer group that serves as its
-durable cursor: the group is moved (`XGROUP SETID`) only past entries that
-were written to the client, in one pipelined round trip per flush for all
+cursor: the group is moved (`XGROUP SETID`) only past entries that were
+written to the client, in one pipelined round trip per flush for all
 subscriptions. Subscribers never hold a Redis connection of their own.
 """
 
@@ -24,12 +24,13 @@ from redis.exceptions import RedisError
 from . import keys
 from .counters import Counters
 from .entries import DeadLetter, Entry, Record, parse_record
-from .errors import CursorExpired, InvalidCursor, Unavailable
-from .store import RedisStore
+from .errors import CursorExpired, DurableTakenOver, InvalidCursor, Unavailable
+from .store import ZERO_ID, Move, RedisStore, StreamBounds
 from .subscription import Feed, Subscription
 
 logger = logging.getLogger(__name__)
 Accept = Callable[[Entry], bool]
+REDIS_ERRORS = (RedisError, OSError)
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,10 @@ class HubConfig:
     buffer_limit: int = 2000        # records buffered per subscription
     range_count: int = 500          # entries per catch-up XRANGE
     ack_interval: float = 0.02      # seconds between cursor flushes
+    owner_check_interval: float = 1.0  # seconds between durable takeover checks
     retry_max: float = 5.0          # longest pause between Redis retries
+    takeover_wait: float = 2.0      # how long a takeover waits for the local older one
+    hold_type: str | None = None    # test hook: entries of this type are read but never sent
 
 
 @dataclass(frozen=True)
@@ -68,54 +72,75 @@ class Hub:
         self.config = config
         self.counters = Counters()
         self.store = RedisStore(redis)
-        self._redis = redis
         self._reader = reader
         self._reader_id: int | None = None
         self._blocking = False
         self._feeds: dict[str, Feed] = {}
         self._feeds_changed = asyncio.Event()
         self._dirty: dict[Subscription, None] = {}
+        self._durables: dict[tuple[str, str], Subscription] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.available = True
+        self.accepting = True
 
     async def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._read_loop(), name="ragline-reader"),
             asyncio.create_task(self._flush_loop(), name="ragline-acker"),
+            asyncio.create_task(self._owner_loop(), name="ragline-durable-owners"),
         ]
 
     async def close(self) -> None:
+        self.accepting = False
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        with suppress(RedisError, OSError):
+        with suppress(*REDIS_ERRORS):
             await self.flush()
+
+    # -- subscribing ----------------------------------------------------------
 
     @asynccontextmanager
     async def subscribe(self, tenant_id: str, kind: str, cursor: Cursor) -> AsyncIterator[Subscription]:
         """A subscription with its own consumer group; everything is undone on exit.
 
         `kind` is `keys.EVENTS_KIND` or `keys.ORDERS_KIND`, which only names the group.
+        Raises InvalidCursor, CursorExpired or Unavailable before anything is created.
         """
         keys.validate_tenant(tenant_id)
+        if not self.accepting:
+            raise Unavailable("The gateway is shutting down; resubscribe with 'after'")
+        if not await self.probe():
+            raise Unavailable("The gateway cannot reach Redis right now; retry with 'after'")
+        if cursor.after is not None:
+            _parse_after(cursor.after)
         group = self._group_name(tenant_id, kind, cursor)
-        start = await self._open_group(tenant_id, group, cursor)
-        feed = await self._join_feed(tenant_id)
+        owner = None if cursor.durable is None else f"{self.config.process_id}:{uuid.uuid4().hex}"
+        try:
+            if owner is not None:
+                await self._take_over(tenant_id, group, owner)
+            start = await self._open_group(tenant_id, group, cursor)
+            feed = await self._join_feed(tenant_id)
+        except REDIS_ERRORS as error:
+            self._on_outage(error)
+            raise Unavailable("The gateway cannot reach Redis right now; retry with 'after'") from error
         subscription = Subscription(
-            feed, group, start, self.read_range,
+            feed, group, start, self.read_range, owner=owner,
             buffer_limit=self.config.buffer_limit, range_count=self.config.range_count,
         )
         feed.subscriptions.add(subscription)
+        if owner is not None:
+            self._durables[(tenant_id, group)] = subscription
         self.counters.tenant(tenant_id).subscriptions += 1
         try:
             yield subscription
         finally:
             self.counters.tenant(tenant_id).subscriptions -= 1
             self._leave_feed(subscription)
-            await self._close_group(subscription, durable=cursor.durable is not None)
+            await self._close_group(subscription)
 
     async def deliveries(self, subscription: Subscription, accept: Accept) -> AsyncGenerator[Entry, None]:
         """The subscription's accepted entries in order, each acknowledged only
@@ -124,6 +149,8 @@ class Hub:
         while True:
             record = await subscription.next_record()
             if isinstance(record, Entry) and accept(record):
+                if record.event_type == self.config.hold_type:
+                    await asyncio.Event().wait()  # test hook: read, never sent
                 yield record
                 counters.delivered += 1
             else:
@@ -140,7 +167,8 @@ class Hub:
         try:
             records = await self.store.read_after(tenant_id, after, count)
             await self._dead_letter(tenant_id, records)
-        except (RedisError, OSError) as error:
+        except REDIS_ERRORS as error:
+            self._on_outage(error)
             raise Unavailable("Redis is unavailable") from error
         return records
 
@@ -150,15 +178,30 @@ class Hub:
             return
         batch = list(self._dirty)
         self._dirty.clear()
-        moves = [(s.tenant_id, s.group, s.acked) for s in batch]
         try:
-            results = await self.store.move_groups(moves)
-        except (RedisError, OSError):
+            kept = await self.store.move_groups(_move(s) for s in batch)
+        except REDIS_ERRORS:
             self._dirty.update(dict.fromkeys(batch))
             raise
-        for subscription, result in zip(batch, results, strict=True):
-            if isinstance(result, Exception):
-                logger.debug("cursor move failed for %s: %s", subscription.group, result)
+        for subscription, still_owner in zip(batch, kept, strict=True):
+            if not still_owner:
+                subscription.fail(DurableTakenOver("A newer subscription took over this durable cursor"))
+
+    async def probe(self) -> bool:
+        """Whether Redis answers; a cheap PING only while an outage is known."""
+        if self.available:
+            return True
+        try:
+            await self.store.redis.ping()
+        except REDIS_ERRORS:
+            return False
+        self._on_recovery()
+        return True
+
+    @property
+    def running(self) -> bool:
+        """Whether the reader and flush tasks are alive."""
+        return bool(self._tasks) and not any(task.done() for task in self._tasks)
 
     def subscriptions(self) -> list[Subscription]:
         return [s for feed in self._feeds.values() for s in feed.subscriptions]
@@ -170,36 +213,47 @@ class Hub:
             return keys.durable_group(kind, tenant_id, cursor.durable.user_id, cursor.durable.name)
         return keys.ephemeral_group(kind, tenant_id, self.config.process_id, uuid.uuid4().hex)
 
+    async def _take_over(self, tenant_id: str, group: str, owner: str) -> None:
+        """Claim a durable name. An older holder in this process ends first and
+        flushes its cursor, so the newer one resumes exactly where it stopped;
+        one elsewhere notices the claim within `owner_check_interval`."""
+        older = self._durables.get((tenant_id, group))
+        if older is not None:
+            older.fail(DurableTakenOver("A newer subscription took over this durable cursor"))
+            with suppress(TimeoutError):
+                await asyncio.wait_for(older.closed.wait(), self.config.takeover_wait)
+        await self.store.claim_durable(tenant_id, group, owner)
+
     async def _open_group(self, tenant_id: str, group: str, cursor: Cursor) -> str:
-        try:
-            if cursor.after is not None:
-                start = await self._checked_after(tenant_id, cursor.after)
-            else:
-                start = await self.store.stream_end(tenant_id)
+        """Create or reposition the group; returns the id the subscription starts after."""
+        existing = await self.store.group_position(tenant_id, group) if cursor.durable else None
+        start = cursor.after if cursor.after is not None else existing
+        if start is None:
+            start = await self.store.stream_end(tenant_id)
+        else:
+            _check_not_expired(start, await self.store.bounds(tenant_id))
+        if existing is None:
             await self.store.create_group(tenant_id, group, start)
-        except (RedisError, OSError) as error:
-            raise Unavailable("Redis is unavailable") from error
+        elif start != existing:
+            await self.store.move_groups([Move(tenant_id, group, start)])
         return start
 
-    async def _checked_after(self, tenant_id: str, after: str) -> str:
-        try:
-            after_key = keys.parse_stream_id(after)
-        except ValueError as error:
-            raise InvalidCursor(f"'after' is not a stream id: {after!r}") from error
-        first = await self.store.stream_start(tenant_id)
-        if first is not None and after_key < keys.parse_stream_id(first) and after_key != (0, 0):
-            raise CursorExpired(f"Entries after {after} were trimmed from the stream")
-        return after
-
-    async def _close_group(self, subscription: Subscription, *, durable: bool) -> None:
+    async def _close_group(self, subscription: Subscription) -> None:
+        """Ephemeral: destroy the group. Durable: flush the cursor and let go of the name."""
         self._dirty.pop(subscription, None)
+        tenant_id, group, owner = subscription.tenant_id, subscription.group, subscription.owner
         try:
-            if durable:
-                await self.store.move_groups([(subscription.tenant_id, subscription.group, subscription.acked)])
+            if owner is None:
+                await self.store.destroy_group(tenant_id, group)
             else:
-                await self.store.destroy_group(subscription.tenant_id, subscription.group)
-        except (RedisError, OSError) as error:
-            logger.warning("could not release group %s: %s", subscription.group, error)
+                await self.store.move_groups([_move(subscription)])
+                await self.store.release_durable(tenant_id, group, owner)
+        except REDIS_ERRORS as error:
+            logger.warning("could not release group %s: %s", group, error)
+        finally:
+            if self._durables.get((tenant_id, group)) is subscription:
+                del self._durables[(tenant_id, group)]
+            subscription.closed.set()
 
     # -- the shared reader ----------------------------------------------------
 
@@ -224,8 +278,8 @@ class Hub:
     async def _wake_reader(self) -> None:
         self._feeds_changed.set()
         if self._blocking and self._reader_id is not None:
-            with suppress(RedisError, OSError):
-                await self._redis.client_unblock(self._reader_id)
+            with suppress(*REDIS_ERRORS):
+                await self.store.redis.client_unblock(self._reader_id)
 
     async def _read_loop(self) -> None:
         pause = 0.0
@@ -236,7 +290,7 @@ class Hub:
                 continue
             try:
                 await self._read_once()
-            except (RedisError, OSError) as error:
+            except REDIS_ERRORS as error:
                 pause = min(self.config.retry_max, max(0.1, pause * 2))
                 self._on_outage(error)
                 await asyncio.sleep(pause)
@@ -281,13 +335,31 @@ class Hub:
                 self.counters.tenant(tenant_id).dead_lettered += 1
                 logger.warning("dead-lettered %s of tenant %s: %s", record.id, tenant_id, record.reason)
 
+    # -- cursor upkeep --------------------------------------------------------
+
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.ack_interval)
             try:
                 await self.flush()
-            except (RedisError, OSError) as error:
-                logger.debug("cursor flush failed: %s", error)
+            except REDIS_ERRORS as error:
+                self._on_outage(error)
+
+    async def _owner_loop(self) -> None:
+        """End durable subscriptions whose name a subscription elsewhere took over."""
+        while True:
+            await asyncio.sleep(self.config.owner_check_interval)
+            held = list(self._durables.items())
+            if not held:
+                continue
+            try:
+                owners = await self.store.durable_owners([name for name, _ in held])
+            except REDIS_ERRORS as error:
+                self._on_outage(error)
+                continue
+            for (_, subscription), owner in zip(held, owners, strict=True):
+                if owner is not None and owner != subscription.owner:
+                    subscription.fail(DurableTakenOver("A newer subscription took over this durable cursor"))
 
     def _on_outage(self, error: BaseException) -> None:
         if self.available:
@@ -300,9 +372,39 @@ class Hub:
         self.available = True
 
 
+def _parse_after(after: str) -> tuple[int, int]:
+    try:
+        return keys.parse_stream_id(after)
+    except ValueError:
+        raise InvalidCursor(f"'after' is not a stream entry id: {after!r}") from None
+
+
+def _check_not_expired(after: str, bounds: StreamBounds) -> None:
+    """Expired when entries after `after` were trimmed: Redis 7 records the newest
+    deleted id; on older servers, an id before the oldest entry counts as expired."""
+    position = _parse_after(after)
+    if position == (0, 0):
+        return
+    if bounds.max_deleted is not None:
+        expired = position < keys.parse_stream_id(bounds.max_deleted)
+    elif bounds.first is not None:
+        expired = position < keys.parse_stream_id(bounds.first)
+    else:
+        expired = position < keys.parse_stream_id(bounds.last_generated)
+    if expired:
+        raise CursorExpired(f"Events after {after} were trimmed from the stream; resubscribe without 'after'")
+
+
+def _move(subscription: Subscription) -> Move:
+    return Move(subscription.tenant_id, subscription.group, subscription.acked, subscription.owner)
+
+
 def new_process_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+__all__ = ["ZERO_ID", "Accept", "Cursor", "Durable", "Hub", "HubConfig", "new_process_id"]

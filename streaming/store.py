@@ -7,7 +7,9 @@ Everything here takes tenant ids and group names and builds keys through
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
@@ -30,6 +32,36 @@ DLQ_SEEN_TTL_SECONDS = 7 * 24 * 3600
 DLQ_MAXLEN = 100_000
 ZERO_ID = "0-0"
 
+# Move a durable cursor only while this subscription still owns the name;
+# recreate the group if Redis lost it (a restart without persistence).
+_MOVE_DURABLE_SCRIPT = """
+if redis.call('HGET', KEYS[2], 'owner:' .. ARGV[1]) ~= ARGV[3] then
+  return 0
+end
+if not pcall(redis.call, 'XGROUP', 'SETID', KEYS[1], ARGV[1], ARGV[2]) then
+  redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], ARGV[2], 'MKSTREAM')
+end
+redis.call('HSET', KEYS[2], 'seen:' .. ARGV[1], ARGV[4])
+return 1
+"""
+# Give up ownership of a durable name, if we still hold it.
+_RELEASE_DURABLE_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'owner:' .. ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], 'owner:' .. ARGV[1])
+end
+redis.call('HSET', KEYS[1], 'seen:' .. ARGV[1], ARGV[3])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class StreamBounds:
+    """What the stream still holds, to tell whether a cursor has expired."""
+
+    first: str | None            # oldest entry, None when empty or missing
+    last_generated: str          # newest id ever added (0-0 when missing)
+    max_deleted: str | None      # newest id ever trimmed or deleted (Redis >= 7 only)
+
 
 class RedisStore:
     """Stream reads, cursor (consumer group) moves and dead-lettering."""
@@ -37,6 +69,8 @@ class RedisStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._dead_letter = redis.register_script(_DEAD_LETTER_SCRIPT)
+        self._move_durable = redis.register_script(_MOVE_DURABLE_SCRIPT)
+        self._release_durable = redis.register_script(_RELEASE_DURABLE_SCRIPT)
 
     async def stream_end(self, tenant_id: str) -> str:
         """Id of the newest entry, or 0-0 for an empty or missing stream."""
@@ -46,6 +80,19 @@ class RedisStore:
     async def stream_start(self, tenant_id: str) -> str | None:
         oldest = await self.redis.xrange(keys.events_key(tenant_id), count=1)
         return _text(oldest[0][0]) if oldest else None
+
+    async def bounds(self, tenant_id: str) -> StreamBounds:
+        try:
+            info = await self.redis.xinfo_stream(keys.events_key(tenant_id))
+        except ResponseError:  # no such key
+            return StreamBounds(None, ZERO_ID, None)
+        first = info.get("first-entry")
+        deleted = info.get("max-deleted-entry-id")
+        return StreamBounds(
+            first=_text(first[0]) if first else None,
+            last_generated=_text(info["last-generated-id"]),
+            max_deleted=_text(deleted) if deleted is not None else None,
+        )
 
     async def read_after(self, tenant_id: str, after: str, count: int) -> list[Record]:
         """Up to `count` entries strictly after `after`, parsed."""
@@ -69,12 +116,49 @@ class RedisStore:
     async def destroy_group(self, tenant_id: str, group: str) -> None:
         await self.redis.xgroup_destroy(keys.events_key(tenant_id), group)
 
-    async def move_groups(self, moves: Iterable[tuple[str, str, str]]) -> list[Any]:
-        """Set each (tenant, group, id) cursor in one pipelined round trip."""
+    async def move_groups(self, moves: Iterable[Move]) -> list[bool]:
+        """Set every cursor in one pipelined round trip; False where a durable
+        cursor now belongs to another subscription."""
+        moves = list(moves)
+        now = int(time.time())
         async with self.redis.pipeline(transaction=False) as pipe:
-            for tenant_id, group, entry_id in moves:
-                pipe.xgroup_setid(keys.events_key(tenant_id), group, entry_id)
-            return list(await pipe.execute(raise_on_error=False))
+            for move in moves:
+                stream = keys.events_key(move.tenant_id)
+                if move.owner is None:
+                    pipe.xgroup_setid(stream, move.group, move.entry_id)
+                else:
+                    registry = keys.durable_registry_key(move.tenant_id)
+                    args = [move.group, move.entry_id, move.owner, now]
+                    await self._move_durable(keys=[stream, registry], args=args, client=pipe)
+            results = await pipe.execute(raise_on_error=False)
+        await self._recreate_lost(moves, results)
+        return [not (move.owner is not None and result == 0) for move, result in zip(moves, results, strict=True)]
+
+    async def _recreate_lost(self, moves: list[Move], results: list[Any]) -> None:
+        """Groups that vanished (Redis restarted empty, a janitor's mistake) come back at the cursor."""
+        for move, result in zip(moves, results, strict=True):
+            if isinstance(result, ResponseError) and "NOGROUP" in str(result):
+                logger.warning("group %s was gone; recreating it at %s", move.group, move.entry_id)
+                await self.create_group(move.tenant_id, move.group, move.entry_id)
+            elif isinstance(result, Exception):
+                raise result
+
+    async def claim_durable(self, tenant_id: str, group: str, owner: str) -> None:
+        """Make `owner` the subscription holding a durable name; older ones see they lost it."""
+        registry = keys.durable_registry_key(tenant_id)
+        await self.redis.hset(registry, mapping={f"owner:{group}": owner, f"seen:{group}": int(time.time())})
+
+    async def release_durable(self, tenant_id: str, group: str, owner: str) -> None:
+        registry = keys.durable_registry_key(tenant_id)
+        await self._release_durable(keys=[registry], args=[group, owner, int(time.time())])
+
+    async def durable_owners(self, names: list[tuple[str, str]]) -> list[str | None]:
+        """Current owner of each (tenant, group) durable name."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tenant_id, group in names:
+                pipe.hget(keys.durable_registry_key(tenant_id), f"owner:{group}")
+            owners = await pipe.execute()
+        return [None if owner is None else _text(owner) for owner in owners]
 
     async def dead_letter(self, tenant_id: str, record: DeadLetter) -> bool:
         """Copy `record` to the tenant's DLQ; True when this call wrote it."""
@@ -85,6 +169,16 @@ class RedisStore:
             args=[DLQ_SEEN_TTL_SECONDS, DLQ_MAXLEN, *flat],
         )
         return bool(written)
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """Move `group` to `entry_id`; `owner` is set for durable cursors."""
+
+    tenant_id: str
+    group: str
+    entry_id: str
+    owner: str | None = None
 
 
 def _text(value: Any) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from .entries import Record
-from .errors import StreamingError
+from .errors import StreamingError, Unavailable
 from .keys import parse_stream_id
 
 
@@ -29,6 +29,7 @@ class Feed:
     subscriptions: set[Subscription] = field(default_factory=set)
 
 
+RETRY_MAX = 5.0
 RangeReader = Callable[[str, str, int], Awaitable[list[Record]]]
 
 
@@ -44,8 +45,11 @@ class Subscription:
         *,
         buffer_limit: int,
         range_count: int,
+        owner: str | None = None,
     ) -> None:
         self.feed = feed
+        self.owner = owner  # set for durable subscriptions: the claim on the name
+        self.closed = asyncio.Event()
         self.tenant_id = feed.tenant_id
         self.group = group
         self.acked = start
@@ -60,6 +64,7 @@ class Subscription:
         self._read_range = read_range
         self._buffer_limit = buffer_limit
         self._range_count = range_count
+        self._pause = 0.0
 
     @property
     def buffered(self) -> int:
@@ -110,7 +115,14 @@ class Subscription:
         return True
 
     async def _catch_up(self) -> None:
-        records = await self._read_range(self.tenant_id, self._tail, self._range_count)
+        try:
+            records = await self._read_range(self.tenant_id, self._tail, self._range_count)
+        except Unavailable:
+            # Redis is away: wait for it rather than end; the hub logs the outage.
+            self._pause = min(RETRY_MAX, max(0.1, self._pause * 2))
+            await asyncio.sleep(self._pause)
+            return
+        self._pause = 0.0
         fresh = [r for r in records if r.sort_key > self._tail_key]
         if fresh:
             self._append(fresh)

@@ -45,6 +45,7 @@ def base_settings(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> S
         data_dir=Path(tmp_path_factory.mktemp("data")),
         jwt_secret=SECRET,
         log_level="warning",
+        janitor_interval=1.0,
     )
 
 

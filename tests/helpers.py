@@ -18,6 +18,7 @@ import websockets
 
 from app import create_app
 from gateway.embedded import free_port
+from gateway.server import DrainingServer
 from gateway.settings import Settings
 from streaming import keys
 
@@ -61,7 +62,7 @@ class GatewayServer:
             self.app, host="127.0.0.1", port=self.port, log_config=None, ws_per_message_deflate=False,
             loop="asyncio",  # uvloop cannot close cleanly in a non-main thread; the CLI tests run it
         )
-        self.server = uvicorn.Server(config)
+        self.server = DrainingServer(config, self.app.state.runtime)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -215,3 +216,65 @@ def unsigned_token(claims: dict[str, Any]) -> str:
 
 
 STATS_QUERY = "{ stats { connections subscriptions eventsDelivered pending deadLettered redisAvailable tenants { tenantId connections subscriptions eventsDelivered pending deadLettered } } }"
+
+
+async def error_code(client: ProtocolClient, op_id: str, timeout: float = TIMEOUT) -> str:
+    """The code of the error that ended `op_id`: an `error` message before the
+    stream started, or a `next` carrying errors (then `complete`) during it."""
+    message = await client.recv(timeout)
+    assert message.get("id") == op_id, message
+    if message["type"] == "error":
+        errors = message["payload"] if isinstance(message["payload"], list) else [message["payload"]]
+    else:
+        assert message["type"] in {"next", "data"} and message["payload"].get("errors"), message
+        errors = message["payload"]["errors"]
+        assert (await client.recv(timeout)) == {"id": op_id, "type": "complete"}
+    return str(errors[0]["extensions"]["code"])
+
+
+class GatewayProcess:
+    """`ragline serve` as a subprocess, for tests that kill or signal it."""
+
+    def __init__(self, env: dict[str, str], log_path: Any) -> None:
+        import os
+
+        self.port = free_port()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAGLINE_")}
+        self.env.update(env, RAGLINE_PORT=str(self.port))
+        self.log_path = log_path
+        self.process: Any = None
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/graphql"
+
+    def start(self) -> GatewayProcess:
+        import subprocess
+        import sys
+
+        import httpx
+
+        with open(self.log_path, "a") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", "from app import main; raise SystemExit(main())", "serve"],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/readyz").status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(open(self.log_path).read())
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)

@@ -1,0 +1,165 @@
+"""Nothing lost when things die: gateway SIGKILL and SIGTERM, Redis restarts, orphaned groups."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from gateway.embedded import RedisServer
+from helpers import (
+    SECRET,
+    GatewayProcess,
+    GatewayServer,
+    close_of,
+    connect,
+    error_code,
+    groups,
+    make_token,
+    publish,
+    wait_until,
+)
+
+pytestmark = pytest.mark.anyio
+DURABLE_QUERY = "subscription($durable: String) { events(durable: $durable) { id type } }"
+
+
+def process_env(redis_url: str, **extra: str) -> dict[str, str]:
+    return {"RAGLINE_REDIS_URL": redis_url, "RAGLINE_JWT_SECRET": SECRET, "RAGLINE_LOG_LEVEL": "info", **extra}
+
+
+async def test_an_event_read_but_not_sent_before_a_sigkill_arrives_after_restart(
+    redis_url: str, redis_client: redis.Redis, tenant: str, make_gateway: object, tmp_path: Path
+) -> None:
+    crashing = GatewayProcess(process_env(redis_url, RAGLINE_DEBUG_HOLD_TYPE="held_back"), tmp_path / "gw.log").start()
+    token = make_token(tenant)
+    try:
+        async with connect(crashing.ws_url, token=token) as client:
+            await client.subscribe("1", DURABLE_QUERY, {"durable": "till"})
+            await asyncio.sleep(0.5)
+            sent = publish(redis_client, tenant, "order_created", {})
+            assert [e["id"] for e in await client.collect("1", "events", 1)] == [sent]
+            unsent = publish(redis_client, tenant, "held_back", {})
+            await client.expect_silence(0.5)  # read by the gateway, held before the write
+            crashing.kill()
+    finally:
+        crashing.stop()
+    later = publish(redis_client, tenant, "order_created", {})
+    gateway: GatewayServer = make_gateway()  # type: ignore[operator]
+    async with connect(gateway.ws_url, token=token) as client:
+        await client.subscribe("1", DURABLE_QUERY, {"durable": "till"})
+        assert [e["id"] for e in await client.collect("1", "events", 2)] == [unsent, later]
+        await client.expect_silence(0.3)
+
+
+async def test_sigterm_completes_operations_closes_1001_and_loses_nothing(
+    redis_url: str, redis_client: redis.Redis, tenant: str, make_gateway: object, tmp_path: Path
+) -> None:
+    gateway = GatewayProcess(process_env(redis_url), tmp_path / "gw.log").start()
+    token = make_token(tenant)
+    published: list[str] = []
+    stop = asyncio.Event()
+
+    async def produce() -> None:
+        while not stop.is_set():
+            published.append(publish(redis_client, tenant, "order_created", {"n": len(published)}))
+            await asyncio.sleep(0.005)
+
+    received: list[str] = []
+    try:
+        async with connect(gateway.ws_url, token=token) as client:
+            await client.subscribe("1", DURABLE_QUERY, {"durable": "screen"})
+            await asyncio.sleep(0.5)
+            producer = asyncio.create_task(produce())
+            received += [e["id"] for e in await client.collect("1", "events", 20)]
+            started = time.monotonic()
+            gateway.process.send_signal(signal.SIGTERM)
+            while True:
+                message = await client.recv()
+                if message["type"] != "next":
+                    break
+                received.append(message["payload"]["data"]["events"]["id"])
+            assert message == {"id": "1", "type": "complete"}
+            assert await close_of(client) == (1001, "Server shutting down")
+            gateway.process.wait(timeout=10)
+            assert time.monotonic() - started < 10
+    finally:
+        stop.set()
+        gateway.stop()
+    await producer
+    successor: GatewayServer = make_gateway()  # type: ignore[operator]
+    async with connect(successor.ws_url, token=token) as client:
+        await client.subscribe("1", DURABLE_QUERY, {"durable": "screen"})
+        rest = [e["id"] for e in await client.collect("1", "events", len(published) - len(received))]
+        await client.expect_silence(0.3)
+    assert received + rest == published
+    assert "Application shutdown complete" in (tmp_path / "gw.log").read_text()
+
+
+async def test_janitor_removes_a_killed_processes_groups_and_never_a_live_ones(
+    redis_url: str, redis_client: redis.Redis, tenant: str, gateway: GatewayServer, tmp_path: Path
+) -> None:
+    doomed = GatewayProcess(process_env(redis_url, RAGLINE_ORPHAN_TIMEOUT="2"), tmp_path / "gw.log").start()
+    token = make_token(tenant)
+    async with connect(gateway.ws_url, token=token) as survivor:
+        await survivor.subscribe("live", DURABLE_QUERY)
+        await wait_until(lambda: len(groups(redis_client, tenant)) == 1)
+        live_group = groups(redis_client, tenant)[0]["name"]
+        async with connect(doomed.ws_url, token=token) as victim:
+            await victim.subscribe("1", DURABLE_QUERY)
+            await victim.subscribe("2", DURABLE_QUERY)
+            await wait_until(lambda: len(groups(redis_client, tenant)) == 3)
+            doomed.kill()
+        await asyncio.sleep(1.0)
+        assert len(groups(redis_client, tenant)) == 3  # not before the orphan timeout
+        await wait_until(lambda: [g["name"] for g in groups(redis_client, tenant)] == [live_group], timeout=15)
+        entry = publish(redis_client, tenant, "order_created", {})
+        assert [e["id"] for e in await survivor.collect("live", "events", 1)] == [entry]
+
+
+@pytest.fixture
+def restartable_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer.on_port(tmp_path / "redis", persistent=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_a_redis_restart_loses_nothing_and_is_logged_once(
+    restartable_redis: RedisServer, make_gateway: object, tenant: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="streaming.hub")
+    gateway: GatewayServer = make_gateway(redis_url=restartable_redis.url)  # type: ignore[operator]
+    producer = redis.Redis.from_url(restartable_redis.url)
+    token = make_token(tenant)
+    async with connect(gateway.ws_url, token=token) as client:
+        await client.subscribe("1", DURABLE_QUERY, {"durable": "restart"})
+        await wait_until(lambda: gateway.hub.counters.tenant(tenant).subscriptions == 1)
+        before = [publish(producer, tenant, "order_created", {"n": n}) for n in range(5)]
+        assert [e["id"] for e in await client.collect("1", "events", 5)] == before
+
+        restartable_redis.stop()
+        async with httpx.AsyncClient() as http:
+            await wait_until(lambda: not gateway.hub.available, timeout=10)
+            assert (await http.get(f"http://127.0.0.1:{gateway.port}/readyz")).status_code == 503
+        started = time.monotonic()
+        await client.subscribe("2", DURABLE_QUERY)
+        assert await error_code(client, "2") == "UNAVAILABLE"
+        assert time.monotonic() - started < 2
+        await asyncio.sleep(2)  # several retry rounds while it is down
+
+        restartable_redis.start()
+        producer = redis.Redis.from_url(restartable_redis.url)
+        after = [publish(producer, tenant, "order_created", {"n": n}) for n in range(5, 10)]
+        assert [e["id"] for e in await client.collect("1", "events", 5, timeout=15)] == after
+        await client.expect_silence(0.3)
+    outages = [r for r in caplog.records if r.getMessage().startswith("Redis unavailable")]
+    recoveries = [r for r in caplog.records if r.getMessage() == "Redis available again"]
+    assert (len(outages), len(recoveries)) == (1, 1)
