@@ -163,3 +163,28 @@ async def test_a_redis_restart_loses_nothing_and_is_logged_once(
     outages = [r for r in caplog.records if r.getMessage().startswith("Redis unavailable")]
     recoveries = [r for r in caplog.records if r.getMessage() == "Redis available again"]
     assert (len(outages), len(recoveries)) == (1, 1)
+
+
+async def test_idle_durable_cursors_expire_and_held_ones_do_not(
+    gateway: GatewayServer, redis_url: str, redis_client: redis.Redis, tenant: str
+) -> None:
+    import redis.asyncio as aredis
+
+    from streaming.janitor import Janitor, JanitorConfig
+
+    token = make_token(tenant)
+    async with connect(gateway.ws_url, token=token) as client:
+        await client.subscribe("idle", DURABLE_QUERY, {"durable": "idle"})
+        await client.subscribe("held", DURABLE_QUERY, {"durable": "held"})
+        await wait_until(lambda: len(groups(redis_client, tenant)) == 2)
+        await client.complete("idle")
+        await wait_until(lambda: gateway.hub.counters.tenant(tenant).subscriptions == 1)
+        await asyncio.sleep(1.2)
+        sweeper = aredis.Redis.from_url(redis_url)
+        janitor = Janitor(sweeper, JanitorConfig(process_id="test-sweeper", durable_ttl=1.0))
+        await janitor.sweep()
+        await sweeper.aclose()
+        names = [g["name"] for g in groups(redis_client, tenant)]
+        assert [n.rsplit(":", 1)[1] for n in names] == ["held"]
+        entry = publish(redis_client, tenant, "order_created", {})
+        assert [e["id"] for e in await client.collect("held", "events", 1)] == [entry]
