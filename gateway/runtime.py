@@ -16,6 +16,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
+from streaming.bridge import Bridge, BridgeConfig, default_consumer
 from streaming.hub import Hub, HubConfig, new_process_id
 from streaming.janitor import Janitor, JanitorConfig
 
@@ -58,6 +59,16 @@ def resolve_redis_url(settings: Settings) -> tuple[str, RedisServer | None]:
     return ensure_embedded(settings.data_dir)
 
 
+async def run_bridge(url: str, consumer: str) -> None:
+    """The bridge on connections of its own (its blocking reads must not hold the
+    gateway's pool), until cancelled."""
+    client = Redis.from_url(url, client_name=f"ragline-bridge:{consumer}", **_CONNECTION)
+    try:
+        await Bridge(client, BridgeConfig(consumer=consumer)).run()
+    finally:
+        await client.aclose()
+
+
 @dataclass
 class Runtime:
     """Started by the app's lifespan; owns every connection and task it makes."""
@@ -73,6 +84,7 @@ class Runtime:
     _reader: Redis | None = None
     _embedded: RedisServer | None = None
     _janitor_task: asyncio.Task[None] | None = None
+    _bridge_task: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -96,13 +108,15 @@ class Runtime:
         reader_pool = ConnectionPool.from_url(url, max_connections=1, client_name=f"{name}:reader", **_CONNECTION)
         self._reader = Redis(connection_pool=reader_pool)
         self.hub = Hub(self.redis, self._reader, self._hub_config())
-        self.janitor = Janitor(self.redis, self._janitor_config())
+        self.janitor = Janitor(self.redis, self._janitor_config(), self.hub.figures)
         try:
             await self.janitor.beat()
         except (RedisError, OSError) as error:
             logger.error("Redis unreachable at start-up (%s); the gateway will keep retrying", error)
         await self.hub.start()
         self._janitor_task = asyncio.create_task(self.janitor.run(), name="ragline-janitor")
+        if self.settings.bridge:
+            self._bridge_task = asyncio.create_task(run_bridge(url, default_consumer()), name="ragline-bridge")
 
     def _hub_config(self) -> HubConfig:
         return HubConfig(
@@ -137,6 +151,10 @@ class Runtime:
                 logger.warning("drain failed: %s", task.exception())
 
     async def stop(self) -> None:
+        if self._bridge_task is not None:
+            self._bridge_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._bridge_task
         if self._janitor_task is not None:
             self._janitor_task.cancel()
             with suppress(asyncio.CancelledError):

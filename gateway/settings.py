@@ -41,10 +41,17 @@ class Settings:
     janitor_interval: float = 30.0          # seconds between sweeps for orphaned groups
     orphan_timeout: float = 30.0            # a process silent this long counts as dead
     shutdown_timeout: float = 8.0           # SIGTERM: seconds to complete operations
+    slow_consumer_timeout: float = 30.0     # a frame unwritten this long ends the subscription
     debug_hold_type: str | None = None      # tests only: entries of this type are read, never sent
     log_level: str = "info"
     graphiql: bool = True
     demo: bool = False                      # run the demo producer (tenant "demo")
+    # seed-compat endpoints
+    ws_heartbeat: float = 30.0              # seconds between /ws heartbeats; 0 turns them off
+    ws_orders_heartbeat: float = 45.0       # seconds between /ws/orders heartbeats; 0 turns them off
+    sse_heartbeat: float = 15.0             # seconds between SSE heartbeat comments; 0 turns them off
+    # bridge from the shared streams (streaming/bridge.py)
+    bridge: bool = False                    # `ragline serve` also runs the bridge (`--bridge`)
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -77,10 +84,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         janitor_interval=_number(get, "JANITOR_INTERVAL", 30.0, float),
         orphan_timeout=_number(get, "ORPHAN_TIMEOUT", 30.0, float),
         shutdown_timeout=_number(get, "SHUTDOWN_TIMEOUT", 8.0, float),
+        slow_consumer_timeout=_number(get, "SLOW_CONSUMER_TIMEOUT", 30.0, float),
         debug_hold_type=get("DEBUG_HOLD_TYPE"),
         log_level=(get("LOG_LEVEL") or "info").lower(),
         graphiql=_flag(get("GRAPHIQL"), True),
         demo=_flag(get("DEMO"), False),
+        # seed-compat endpoints
+        ws_heartbeat=_number(get, "WS_HEARTBEAT", 30.0, float),
+        ws_orders_heartbeat=_number(get, "WS_ORDERS_HEARTBEAT", 45.0, float),
+        sse_heartbeat=_number(get, "SSE_HEARTBEAT", 15.0, float),
+        # bridge from the shared streams
+        bridge=_flag(get("BRIDGE"), False),
     )
     validate(settings)
     return settings

@@ -11,25 +11,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from contextlib import suppress
 from datetime import timedelta
 from typing import Any
 
+import orjson
 from fastapi import HTTPException
+from graphql import GraphQLError
 from starlette.requests import HTTPConnection
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.fastapi import GraphQLRouter
 from strawberry.schema import BaseSchema
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
+    Operation,
 )
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import SubscribeMessage
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.types.unset import UNSET, UnsetType
 
 from resolvers.context import GatewayContext, Principal
+from resolvers.shared import Planner, SharedPlan, open_shared
+from schema.errors import ErrorCode, GatewayError
 
 from .auth import AuthError, token_from_params, token_from_request
+from .http_streams import SUBSCRIPTION_PROTOCOLS, HTTPSubscriptions
+from .ide import graphiql_html
 from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -39,6 +48,13 @@ TOKEN_EXPIRED_REASON = "Token expired"
 
 SHUTDOWN_CODE = 1001
 SHUTDOWN_REASON = "Server shutting down"
+SLOW_CONSUMER_CLOSE = 1013  # try again later
+SLOW_CONSUMER_MESSAGE = "Slow consumer: the client did not read its events in time; resubscribe with 'after'"
+FINAL_WRITE_TIMEOUT = 1.0
+
+
+class SlowConsumerError(Exception):
+    """A frame could not be written within `slow_consumer_timeout`."""
 
 
 class _ConnectionHooks:
@@ -67,7 +83,23 @@ class _ConnectionHooks:
 
 
 class TransportWSHandler(_ConnectionHooks, BaseGraphQLTransportWSHandler[GatewayContext, None]):
-    """graphql-transport-ws, with connection accounting and graceful drain."""
+    """graphql-transport-ws, with connection accounting, graceful drain, and
+    shared execution for the subscriptions that allow it (resolvers.shared)."""
+
+    async def handle_subscribe(self, message: SubscribeMessage) -> None:
+        payload = message["payload"]
+        plan = None
+        if isinstance(payload, dict):
+            plan = self.view.planner.plan(payload.get("query"), payload.get("variables"), payload.get("operationName"))
+        if plan is None or not self._may_start(message["id"]) or not self.connection_acknowledged:
+            await super().handle_subscribe(message)  # Strawberry's path: errors, limits, close codes
+            return
+        operation: Operation[GatewayContext, None] = Operation(
+            self, message["id"], payload["query"], payload.get("variables"), payload.get("operationName")
+        )
+        operation.task = asyncio.create_task(self._run_shared(operation, plan))
+        operation.task.add_done_callback(self._task_done)
+        self.operations[operation.id] = operation
 
     async def complete_all(self) -> None:
         operations = list(self.operations.values())
@@ -81,6 +113,56 @@ class TransportWSHandler(_ConnectionHooks, BaseGraphQLTransportWSHandler[Gateway
                 with suppress(RuntimeError, OSError):
                     await self.send_message({"id": operation.id, "type": "complete"})
 
+    def _may_start(self, operation_id: str) -> bool:
+        limit = self.max_subscriptions_per_connection
+        return operation_id not in self.operations and (limit is None or len(self.operations) < limit)
+
+    async def _run_shared(self, operation: Operation[GatewayContext, None], plan: SharedPlan) -> None:
+        try:
+            payloads = await open_shared(self.context, self.view.planner, plan)
+        except GraphQLError as error:
+            await operation.send_initial_errors([error])
+            return
+        try:
+            await self._send_payloads(operation, payloads)
+        except GraphQLError as error:
+            await self._end_with(operation, error)
+        except SlowConsumerError:
+            await self._end_with(operation, GatewayError(ErrorCode.SLOW_CONSUMER, SLOW_CONSUMER_MESSAGE))
+            return
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return
+        except Exception as error:  # a bug: log it, end the operation cleanly
+            await self.handle_task_exception(error)
+        finally:
+            await payloads.aclose()
+        await operation.send_operation_message({"id": operation.id, "type": "complete"})
+
+    async def _send_payloads(self, operation: Operation[GatewayContext, None], payloads: AsyncIterator[str]) -> None:
+        """Write each `next` frame; the cursor moves when the next payload is asked for."""
+        head = f'{{"id":{orjson.dumps(operation.id).decode()},"type":"next","payload":'
+        websocket = self.websocket.ws  # type: ignore[attr-defined]
+        timeout = self.view.runtime.settings.slow_consumer_timeout
+        async for payload in payloads:
+            try:
+                await asyncio.wait_for(websocket.send_text(f"{head}{payload}}}"), timeout)
+            except TimeoutError:
+                raise SlowConsumerError from None
+
+    async def _end_with(self, operation: Operation[GatewayContext, None], error: GraphQLError) -> None:
+        """A `next` with the error, then `complete`; a client that reads nothing gets its socket closed."""
+        try:
+            async with asyncio.timeout(FINAL_WRITE_TIMEOUT):
+                await operation.send_operation_message(
+                    {"id": operation.id, "type": "next", "payload": {"data": None, "errors": [error.formatted]}}
+                )
+                await operation.send_operation_message({"id": operation.id, "type": "complete"})
+        except TimeoutError:
+            logger.info("closing a connection that stopped reading")
+            with suppress(RuntimeError, OSError, TimeoutError):
+                async with asyncio.timeout(FINAL_WRITE_TIMEOUT):
+                    await self.websocket.close(code=SLOW_CONSUMER_CLOSE, reason=SLOW_CONSUMER_MESSAGE)
+
 
 class LegacyWSHandler(_ConnectionHooks, BaseGraphQLWSHandler[GatewayContext, None]):
     """Legacy graphql-ws (subscriptions-transport-ws), with connection accounting and drain."""
@@ -89,7 +171,7 @@ class LegacyWSHandler(_ConnectionHooks, BaseGraphQLWSHandler[GatewayContext, Non
         await self.cleanup()  # cancelled operations send their own `complete`
 
 
-class GatewayRouter(GraphQLRouter[GatewayContext, None]):
+class GatewayRouter(HTTPSubscriptions, GraphQLRouter[GatewayContext, None]):
     graphql_transport_ws_handler_class = TransportWSHandler
     graphql_ws_handler_class = LegacyWSHandler
 
@@ -103,8 +185,17 @@ class GatewayRouter(GraphQLRouter[GatewayContext, None]):
             connection_init_wait_timeout=timedelta(seconds=settings.init_timeout),
             max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
             allowed_origins=settings.allowed_origins,
+            subscription_protocols=SUBSCRIPTION_PROTOCOLS,  # + GraphQL over SSE, multipart HTTP
         )
         self.runtime = runtime
+        self.planner = Planner(schema._schema)  # type: ignore[attr-defined]
+
+    def encode_json(self, data: object) -> str:
+        return orjson.dumps(data).decode()
+
+    @property
+    def graphql_ide_html(self) -> str:
+        return graphiql_html()  # assets served by the gateway, no CDN
 
     async def _context(self, connection: HTTPConnection) -> GatewayContext:
         context = GatewayContext(hub=self.runtime.hub)

@@ -30,6 +30,7 @@ from .context import GatewayContext, Principal
 from .filters import Accept, order_filter, type_filter
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 _CODES: dict[type[StreamingError], ErrorCode] = {
     InvalidCursor: ErrorCode.BAD_USER_INPUT,
@@ -66,13 +67,15 @@ def to_order_event(entry: Entry) -> OrderEvent:
 async def open_events(
     context: GatewayContext, types: list[str] | None, after: str | None, durable: str | None
 ) -> AsyncIterator[Event]:
-    return await _open(context, keys.EVENTS_KIND, type_filter(types), to_event, after, durable)
+    entries = await open_entries(context, keys.EVENTS_KIND, type_filter(types), after, durable)
+    return entries.map(to_event)
 
 
 async def open_order_events(
     context: GatewayContext, order_id: str | None, after: str | None, durable: str | None
 ) -> AsyncIterator[OrderEvent]:
-    return await _open(context, keys.ORDERS_KIND, order_filter(order_id), to_order_event, after, durable)
+    entries = await open_entries(context, keys.ORDERS_KIND, order_filter(order_id), after, durable)
+    return entries.map(to_order_event)
 
 
 def require_principal(context: GatewayContext) -> Principal:
@@ -81,14 +84,12 @@ def require_principal(context: GatewayContext) -> Principal:
     return context.principal
 
 
-async def _open(
-    context: GatewayContext,
-    kind: str,
-    accept: Accept,
-    convert: Callable[[Entry], T],
-    after: str | None,
-    durable: str | None,
-) -> AsyncIterator[T]:
+async def open_entries(
+    context: GatewayContext, kind: str, accept: Accept, after: str | None, durable: str | None
+) -> DeliveryStream[Entry]:
+    """The caller's accepted entries, through its own consumer group.
+
+    Raises a coded GatewayError before anything is left behind in Redis."""
     principal = require_principal(context)
     hub = context.hub
     assert hub is not None
@@ -99,7 +100,7 @@ async def _open(
     except StreamingError as error:
         await stack.aclose()
         raise as_graphql_error(error) from None
-    return DeliveryStream(stack, _converted(hub.deliveries(subscription, accept), convert))
+    return DeliveryStream(stack, _coded(hub.deliveries(subscription, accept)))
 
 
 def _durable(principal: Principal, name: str | None) -> Durable | None:
@@ -114,18 +115,25 @@ def as_graphql_error(error: StreamingError) -> GatewayError:
     return GatewayError(_CODES[type(error)], str(error))
 
 
-async def _converted(entries: AsyncGenerator[Entry, None], convert: Callable[[Entry], T]) -> AsyncGenerator[T, None]:
-    """Schema objects from the hub's entries; streaming errors become coded GraphQL errors.
-
-    No code runs between our yield and the hub's, so the hub acknowledges an
-    entry exactly when Strawberry asks for the next one: after the write."""
+async def _coded(entries: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+    """Streaming errors become coded GraphQL errors. No code runs between our
+    yield and the hub's, so the hub acknowledges an entry exactly when the
+    consumer asks for the next one: after the write."""
     try:
         async for entry in entries:
-            yield convert(entry)
+            yield entry
     except StreamingError as error:
         raise as_graphql_error(error) from None
     finally:
         await entries.aclose()
+
+
+async def _mapped(source: AsyncGenerator[T, None], convert: Callable[[T], U]) -> AsyncGenerator[U, None]:
+    try:
+        async for item in source:
+            yield convert(item)
+    finally:
+        await source.aclose()
 
 
 class DeliveryStream(AsyncIterator[T]):
@@ -148,8 +156,16 @@ class DeliveryStream(AsyncIterator[T]):
         finally:
             await self._stack.aclose()
 
+    def on_close(self, callback: Callable[..., object], *args: Any) -> None:
+        """Run `callback(*args)` when the stream is closed."""
+        self._stack.callback(callback, *args)
+
+    def map(self, convert: Callable[[T], U]) -> DeliveryStream[U]:
+        """The same stream (and cleanup) with each item converted."""
+        return DeliveryStream(self._stack, _mapped(self._source, convert))
+
     def __repr__(self) -> str:
         return f"<DeliveryStream {self._source!r}>"
 
 
-__all__: list[Any] = ["open_events", "open_order_events", "to_event", "to_order_event"]
+__all__: list[Any] = ["open_entries", "open_events", "open_order_events", "to_event", "to_order_event"]

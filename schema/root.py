@@ -21,8 +21,8 @@ T = TypeVar("T")
 @strawberry.type
 class Query:
     @strawberry.field(description="Live gateway figures for the caller's tenant (all tenants for admins).")
-    def stats(self, info: Info[GatewayContext, None]) -> Stats:
-        return resolve_stats(info.context)
+    async def stats(self, info: Info[GatewayContext, None]) -> Stats:
+        return await resolve_stats(info.context)
 
 
 @strawberry.type

@@ -203,6 +203,39 @@ class Hub:
         """Whether the reader and flush tasks are alive."""
         return bool(self._tasks) and not any(task.done() for task in self._tasks)
 
+    def figures(self) -> dict[str, dict[str, int]]:
+        """This process's figures by tenant: counters plus entries read but not yet written."""
+        pending: dict[str, int] = {}
+        for subscription in self.subscriptions():
+            pending[subscription.tenant_id] = pending.get(subscription.tenant_id, 0) + subscription.pending
+        return {
+            tenant_id: {
+                "connections": c.connections,
+                "subscriptions": c.subscriptions,
+                "delivered": c.delivered,
+                "dead_lettered": c.dead_lettered,
+                "pending": pending.get(tenant_id, 0),
+            }
+            for tenant_id, c in self.counters.tenants().items()
+        }
+
+    async def all_figures(self) -> dict[str, dict[str, int]]:
+        """Figures by tenant summed over every live gateway process: this one's
+        live, the others' as they last published them (heartbeat)."""
+        totals = {tenant: dict(row) for tenant, row in self.figures().items()}
+        try:
+            others = await self.store.process_figures()
+        except REDIS_ERRORS:
+            others = {}
+        others.pop(self.config.process_id, None)
+        for figures in others.values():
+            for tenant_id, row in figures.items():
+                total = totals.setdefault(tenant_id, {})
+                for name, value in row.items():
+                    if isinstance(value, int):
+                        total[name] = total.get(name, 0) + value
+        return totals
+
     def subscriptions(self) -> list[Subscription]:
         return [s for feed in self._feeds.values() for s in feed.subscriptions]
 

@@ -1,7 +1,7 @@
 """Cleaning up after processes that died, and after idle durable cursors.
 
 Every gateway process keeps a liveness key alive (`ragline:process:<id>`,
-with a TTL). Its ephemeral groups carry its id in their name, so when the
+with a TTL, holding the process's per-tenant figures for `stats`). Its ephemeral groups carry its id in their name, so when the
 key is gone (kill -9, OOM, a network partition longer than the TTL) any
 process may destroy them. Durable groups live until nobody holds them for
 `durable_ttl`. A sweep runs in every process, but a short lock makes only one
@@ -13,16 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from . import keys
 
 logger = logging.getLogger(__name__)
-JANITOR_LOCK_KEY = f"{keys.PREFIX}:janitor:lock"
+Figures = Callable[[], dict[str, dict[str, int]]]
 
 
 @dataclass(frozen=True)
@@ -42,13 +44,14 @@ class SweepReport:
 class Janitor:
     """Heartbeat of this process, and the periodic sweep."""
 
-    def __init__(self, redis: Redis, config: JanitorConfig) -> None:
+    def __init__(self, redis: Redis, config: JanitorConfig, figures: Figures = dict) -> None:
         self.redis = redis
         self.config = config
+        self.figures = figures  # published with the heartbeat, so `stats` can sum every process
 
     async def beat(self) -> None:
         ttl = max(1, int(self.config.orphan_timeout))
-        await self.redis.set(keys.process_key(self.config.process_id), int(time.time()), ex=ttl)
+        await self.redis.set(keys.process_key(self.config.process_id), orjson.dumps(self.figures()), ex=ttl)
 
     async def retire(self) -> None:
         """On a clean exit: this process's groups are already gone; so is its key."""
@@ -70,7 +73,7 @@ class Janitor:
 
     async def _take_turn(self) -> bool:
         lock_ttl = max(1, int(self.config.interval * 0.9))
-        return bool(await self.redis.set(JANITOR_LOCK_KEY, self.config.process_id, nx=True, ex=lock_ttl))
+        return bool(await self.redis.set(keys.JANITOR_LOCK_KEY, self.config.process_id, nx=True, ex=lock_ttl))
 
     async def sweep(self) -> SweepReport:
         """Remove orphaned ephemeral groups and expired durable ones, everywhere."""

@@ -55,6 +55,11 @@ def process_key(process_id: str) -> str:
     return f"{PREFIX}:process:{process_id}"
 
 
+PROCESS_PATTERN = f"{PREFIX}:process:*"
+JANITOR_LOCK_KEY = f"{PREFIX}:janitor:lock"
+DEMO_LOCK_KEY = f"{PREFIX}:demo:producer"
+
+
 def tenant_from_events_key(key: str) -> str | None:
     match = re.fullmatch(rf"{PREFIX}:\{{({ID_PATTERN.pattern})\}}:events", key)
     return match.group(1) if match else None
@@ -84,3 +89,27 @@ def parse_stream_id(value: str) -> tuple[int, int]:
     if match is None:
         raise ValueError(f"Malformed stream id {value!r}")
     return int(match.group(1)), int(match.group(2))
+
+
+# The bridge (streaming/bridge.py): RAGline's older producers write every tenant's
+# events to a few shared streams; the bridge moves them into the per-tenant ones.
+SHARED_STREAM_NAMES = ("orders", "notifications", "system")
+BRIDGE_GROUP = "ragline-bridge"
+BRIDGE_DLQ_KEY = f"{PREFIX}:bridge:dlq"
+
+
+def shared_stream_key(name: str) -> str:
+    """A shared stream of the older producers, e.g. `ragline:stream:orders`."""
+    return f"{PREFIX}:stream:{name}"
+
+
+def bridge_marker_key(tenant_id: str, source: str, entry_id: str) -> str:
+    """Marks shared-stream entry `source`/`entry_id` as copied; in the tenant's cluster
+    slot, so one script can check it and append to the tenant's stream."""
+    return f"{PREFIX}:{{{validate_tenant(tenant_id)}}}:bridged:{source}:{entry_id}"
+
+
+def bridge_dlq_seen_key(source: str, entry_id: str) -> str:
+    """Marks an entry as dead-lettered by the bridge. Its hash tag is the DLQ's whole
+    name, which hashes to the DLQ's own cluster slot."""
+    return f"{{{BRIDGE_DLQ_KEY}}}:seen:{source}:{entry_id}"

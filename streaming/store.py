@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
@@ -142,6 +143,20 @@ class RedisStore:
                 await self.create_group(move.tenant_id, move.group, move.entry_id)
             elif isinstance(result, Exception):
                 raise result
+
+    async def process_figures(self) -> dict[str, dict[str, dict[str, int]]]:
+        """Every live process's published figures, by process id."""
+        names = [_text(k) async for k in self.redis.scan_iter(match=keys.PROCESS_PATTERN, count=500)]
+        values = await self.redis.mget(names) if names else []
+        found: dict[str, dict[str, dict[str, int]]] = {}
+        for name, value in zip(names, values, strict=True):
+            try:
+                figures = orjson.loads(value) if value else None
+            except orjson.JSONDecodeError:
+                figures = None
+            if isinstance(figures, dict):
+                found[name.rsplit(":", 1)[1]] = figures
+        return found
 
     async def claim_durable(self, tenant_id: str, group: str, owner: str) -> None:
         """Make `owner` the subscription holding a durable name; older ones see they lost it."""

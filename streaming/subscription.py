@@ -67,8 +67,9 @@ class Subscription:
         self._pause = 0.0
 
     @property
-    def buffered(self) -> int:
-        return len(self._queue)
+    def pending(self) -> int:
+        """Entries read for this subscription and not yet written (or skipped)."""
+        return len(self._queue) + self.unacked
 
     def offer(self, prev_key: tuple[int, int], records: Sequence[Record]) -> None:
         """Take a batch the reader read after `prev_key`; called without awaiting."""
@@ -86,7 +87,7 @@ class Subscription:
         self._append(fresh)
 
     def fail(self, error: StreamingError) -> None:
-        """End the subscription with `error` once its buffered records are out."""
+        """End the subscription: its next read raises `error`."""
         if self._error is None:
             self._error = error
         self._wake.set()

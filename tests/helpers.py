@@ -235,9 +235,10 @@ async def error_code(client: ProtocolClient, op_id: str, timeout: float = TIMEOU
 class GatewayProcess:
     """`ragline serve` as a subprocess, for tests that kill or signal it."""
 
-    def __init__(self, env: dict[str, str], log_path: Any) -> None:
+    def __init__(self, env: dict[str, str], log_path: Any, *args: str) -> None:
         import os
 
+        self.args = args
         self.port = free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAGLINE_")}
         self.env.update(env, RAGLINE_PORT=str(self.port))
@@ -256,7 +257,7 @@ class GatewayProcess:
 
         with open(self.log_path, "a") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", "from app import main; raise SystemExit(main())", "serve"],
+                [sys.executable, "-c", "from app import main; raise SystemExit(main())", "serve", *self.args],
                 env=self.env, stdout=out, stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + 30

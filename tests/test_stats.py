@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 import redis
@@ -45,4 +47,30 @@ async def test_stats_show_the_callers_tenant_and_admins_see_every_tenant(
         admin = await _stats(gateway, make_token("ops", roles=["admin"]))
         by_tenant = {t["tenantId"]: t for t in admin["tenants"]}  # type: ignore[union-attr]
         assert by_tenant[mine]["subscriptions"] == 2 and by_tenant[theirs]["subscriptions"] == 1
-        assert admin["subscriptions"] == 3 and admin["connections"] == 2
+        assert by_tenant[mine]["connections"] == by_tenant[theirs]["connections"] == 1
+
+
+async def test_stats_sum_every_gateway_process(make_gateway: object, redis_client: redis.Redis, tenant: str) -> None:
+    first: GatewayServer = make_gateway(orphan_timeout=0.6)  # type: ignore[operator]
+    second: GatewayServer = make_gateway(orphan_timeout=0.6)  # type: ignore[operator]
+    token = make_token(tenant)
+    async with connect(first.ws_url, token=token) as a, connect(second.ws_url, token=token) as b:
+        await a.subscribe("1", EVENTS_QUERY)
+        await b.subscribe("1", EVENTS_QUERY)
+        await b.subscribe("2", EVENTS_QUERY)
+        await wait_until(lambda: first.hub.counters.tenant(tenant).subscriptions == 1)
+        await wait_until(lambda: second.hub.counters.tenant(tenant).subscriptions == 2)
+        publish(redis_client, tenant, "order_created", {})
+        await a.collect("1", "events", 1)
+        await b.collect_by_id({"1": 1, "2": 1})
+
+        async def summed() -> dict[str, object]:
+            return await _stats(first, token)
+
+        deadline = 50
+        while (stats := await summed())["subscriptions"] != 3 and deadline:
+            deadline -= 1
+            await asyncio.sleep(0.1)
+        assert {k: stats[k] for k in ("connections", "subscriptions", "eventsDelivered")} == {
+            "connections": 2, "subscriptions": 3, "eventsDelivered": 3,
+        }

@@ -1,0 +1,177 @@
+"""What the seed-compat adapters (`compat_ws`, `compat_sse`) share.
+
+Authentication, error mapping, stats, and the jobs every old-protocol
+connection runs: the delivery pump, the heartbeat and the token-expiry timer,
+raced so that a connection ends as a whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from contextlib import aclosing, asynccontextmanager, contextmanager
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import HTTPConnection
+
+from resolvers.context import GatewayContext, Principal
+from resolvers.events import as_graphql_error
+from resolvers.filters import ORDER_PREFIX
+from resolvers.stats import resolve_stats
+from schema.errors import ErrorCode
+from streaming.entries import Entry
+from streaming.errors import SlowConsumer, StreamingError
+from streaming.hub import Accept, Hub
+from streaming.subscription import Subscription
+
+from .auth import AuthError, token_from_request
+from .runtime import Runtime
+
+Message = dict[str, Any]
+LAST_EVENT_ID_PARAM = "last_event_id"
+FINAL_WRITE_TIMEOUT = 1.0   # seconds for the last words to a client that may have stopped reading
+SLOW_CONSUMER_MESSAGE = "Slow consumer: the client did not read its events in time; reconnect with last_event_id"
+
+
+def now() -> str:
+    """Server time for a message's `timestamp`, ISO-8601 in UTC."""
+    return datetime.now(UTC).isoformat()
+
+
+def runtime_of(connection: HTTPConnection) -> Runtime:
+    runtime: Runtime = connection.app.state.runtime
+    return runtime
+
+
+def hub_of(runtime: Runtime) -> Hub:
+    """The started hub; the app's lifespan starts it before any request is served."""
+    assert runtime.hub is not None
+    return runtime.hub
+
+
+class MissingToken(AuthError):
+    """Neither an `Authorization: Bearer` header nor a `token` query parameter was sent."""
+
+    def __init__(self) -> None:
+        super().__init__("no token")
+
+
+def authenticate(runtime: Runtime, connection: HTTPConnection) -> Principal:
+    """The principal behind the `Authorization: Bearer` header or the `token` query parameter."""
+    token = token_from_request(connection.headers, connection.query_params)
+    if token is None:
+        raise MissingToken()
+    return runtime.authenticator.verify(token)
+
+
+def is_order_event(entry: Entry) -> bool:
+    """What the old order endpoints delivered: `order_*` types, with or without an `order_id`."""
+    return entry.event_type.startswith(ORDER_PREFIX)
+
+
+def last_event_id(connection: HTTPConnection) -> str | None:
+    """Where to resume: SSE's `Last-Event-ID` header, else the `last_event_id` query parameter."""
+    return connection.headers.get("last-event-id") or connection.query_params.get(LAST_EVENT_ID_PARAM) or None
+
+
+def describe(error: StreamingError) -> tuple[ErrorCode, str]:
+    """The code GraphQL uses for `error`, and its message naming our parameter:
+    the core's messages speak of GraphQL's `after`."""
+    return as_graphql_error(error).code, str(error).replace("'after'", "last_event_id")
+
+
+async def stats_json(hub: Hub, principal: Principal) -> Message:
+    """The GraphQL `stats` figures, snake_case, for `get_stats` and `/ws/stats`."""
+    return asdict(await resolve_stats(GatewayContext(hub=hub, principal=principal)))
+
+
+@contextmanager
+def counted_connection(hub: Hub, tenant_id: str) -> Iterator[None]:
+    """Count an open authenticated connection in `stats`, as `/graphql` sockets are."""
+    counters = hub.counters.tenant(tenant_id)
+    counters.connections += 1
+    try:
+        yield
+    finally:
+        counters.connections -= 1
+
+
+class Drain:
+    """A compat connection's part in the graceful shutdown (`Runtime.drain`).
+
+    `drain()` asks the connection to end and returns once it has, that is once
+    its subscription's group was released, so SIGTERM loses nothing."""
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self._finished = asyncio.Event()
+
+    async def drain(self) -> None:
+        self.requested.set()
+        await self._finished.wait()
+
+    @contextmanager
+    def registered(self, runtime: Runtime) -> Iterator[None]:
+        """Be drained while the block runs; the subscription must close inside it."""
+        runtime.connections.add(self)
+        try:
+            yield
+        finally:
+            runtime.connections.discard(self)
+            self._finished.set()
+
+
+async def pump(hub: Hub, subscription: Subscription, accept: Accept, write: Callable[[Entry], Awaitable[None]]) -> None:
+    """Write each accepted entry; the hub acknowledges it only when asked for the next one."""
+    async with aclosing(hub.deliveries(subscription, accept)) as entries:
+        async for entry in entries:
+            await write(entry)
+
+
+@asynccontextmanager
+async def bounded_write(lock: asyncio.Lock, timeout: float) -> AsyncIterator[None]:
+    """One write at a time, each within RAGLINE_SLOW_CONSUMER_TIMEOUT (waiting for the lock included):
+    a client that stopped reading ends with SlowConsumer, as on `/graphql`."""
+    try:
+        async with asyncio.timeout(timeout), lock:
+            yield
+    except TimeoutError:
+        raise SlowConsumer(SLOW_CONSUMER_MESSAGE) from None
+
+
+async def beat(interval: float, write: Callable[[], Awaitable[None]]) -> None:
+    """Call `write` every `interval` seconds until cancelled."""
+    while True:
+        await asyncio.sleep(interval)
+        await write()
+
+
+async def until_expiry(principal: Principal) -> None:
+    """Return when the token's `exp` passes (every verified token has one)."""
+    if principal.expires_at is not None:
+        await asyncio.sleep(max(0.0, principal.expires_at - time.time()))
+
+
+async def race(*jobs: Coroutine[Any, Any, object]) -> None:
+    """Run a connection's jobs together until the first one ends, then cancel and await the rest.
+
+    A connection ends as a whole: when the client goes, the delivery loop and
+    the heartbeat stop with it, and the first failure is re-raised."""
+    tasks = [asyncio.create_task(job) for job in jobs]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        if task in done and not task.cancelled() and (error := task.exception()) is not None:
+            raise error
+
+
+def heartbeat_jobs(interval: float, write: Callable[[], Awaitable[None]]) -> list[Coroutine[Any, Any, object]]:
+    """The heartbeat job, or none when the interval is 0 (heartbeats off)."""
+    return [beat(interval, write)] if interval > 0 else []

@@ -1,0 +1,202 @@
+"""Shared execution: one GraphQL execution and one serialized payload per event
+for every subscriber with the same operation, variables and tenant (Hasura's
+cohorts).
+
+Strawberry executes a subscription's selection set once per event for each
+subscriber. For the common case (a valid subscription document whose only
+root field is `events` or `orderEvents`) the transport asks the `Planner`
+instead: it parses and validates each distinct document once, and each
+`Cohort` renders an entry to its `{"data": ...}` JSON once, whoever asks
+first. Every member still reads through its own consumer group and
+acknowledges after its own write; only the rendering is shared.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    GraphQLError,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    OperationType,
+    execute,
+    get_operation_ast,
+    parse,
+    validate,
+)
+from graphql.execution.values import get_argument_values, get_variable_values
+from graphql.validation import ASTValidationRule
+
+from schema.errors import GatewayError
+from streaming import keys
+from streaming.entries import Entry
+
+from .context import GatewayContext
+from .events import DeliveryStream, open_entries, to_event, to_order_event
+from .filters import Accept, order_filter, type_filter
+
+_ROOTS: dict[str, tuple[str, Callable[[Entry], Any]]] = {
+    "events": (keys.EVENTS_KIND, to_event),
+    "orderEvents": (keys.ORDERS_KIND, to_order_event),
+}
+RENDER_CACHE_SIZE = 2048
+DOCUMENT_CACHE_SIZE = 256
+
+
+@dataclass(frozen=True)
+class SharedPlan:
+    """A subscription the transport may run through a cohort."""
+
+    key: tuple[str, str | None, bytes]     # (query, operation name, variables)
+    document: DocumentNode
+    operation_name: str | None
+    variables: dict[str, Any]              # as sent; execute() coerces them
+    field_name: str
+    arguments: dict[str, Any]
+
+
+@dataclass
+class Cohort:
+    """The subscribers of one tenant sharing a plan, and their rendered events."""
+
+    plan: SharedPlan
+    schema: GraphQLSchema
+    members: int = 0
+    renders: int = 0
+    _cache: OrderedDict[str, str] = field(default_factory=OrderedDict)
+
+    def render(self, entry: Entry) -> str:
+        """The `payload` of the `next` message for `entry`, as JSON text."""
+        cached = self._cache.get(entry.id)
+        if cached is not None:
+            return cached
+        convert = _ROOTS[self.plan.field_name][1]
+        result = execute(
+            self.schema,
+            self.plan.document,
+            root_value=convert(entry),
+            variable_values=self.plan.variables,
+            operation_name=self.plan.operation_name,
+        )
+        payload: dict[str, Any] = {"data": result.data}  # type: ignore[union-attr]
+        if result.errors:  # type: ignore[union-attr]
+            payload["errors"] = [error.formatted for error in result.errors]  # type: ignore[union-attr]
+        text = orjson.dumps(payload).decode()
+        self.renders += 1
+        self._cache[entry.id] = text
+        if len(self._cache) > RENDER_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return text
+
+
+class Planner:
+    """Decides which subscriptions can share execution, and keeps the cohorts."""
+
+    def __init__(self, schema: GraphQLSchema, rules: Collection[type[ASTValidationRule]] | None = None) -> None:
+        self.schema = schema
+        self._rules = rules
+        self._documents: OrderedDict[str, DocumentNode | None] = OrderedDict()
+        self._cohorts: dict[tuple[str, tuple[str, str | None, bytes]], Cohort] = {}
+
+    def plan(self, query: object, variables: object, operation_name: object) -> SharedPlan | None:
+        """A plan, or None: the caller then takes Strawberry's path, which reports any error."""
+        if not isinstance(query, str) or not isinstance(operation_name, str | None):
+            return None
+        if variables is None:
+            variables = {}
+        if not isinstance(variables, dict):
+            return None
+        document = self._document(query)
+        if document is None:
+            return None
+        operation = get_operation_ast(document, operation_name)
+        if operation is None or operation.operation != OperationType.SUBSCRIPTION:
+            return None
+        return self._plan_operation(query, document, operation, variables, operation_name)
+
+    def join(self, tenant_id: str, plan: SharedPlan) -> Cohort:
+        cohort = self._cohorts.get((tenant_id, plan.key))
+        if cohort is None:
+            cohort = self._cohorts[(tenant_id, plan.key)] = Cohort(plan, self.schema)
+        cohort.members += 1
+        return cohort
+
+    def leave(self, tenant_id: str, cohort: Cohort) -> None:
+        cohort.members -= 1
+        if cohort.members == 0 and self._cohorts.get((tenant_id, cohort.plan.key)) is cohort:
+            del self._cohorts[(tenant_id, cohort.plan.key)]
+
+    def cohorts(self) -> list[Cohort]:
+        return list(self._cohorts.values())
+
+    def _document(self, query: str) -> DocumentNode | None:
+        if query in self._documents:
+            self._documents.move_to_end(query)
+            return self._documents[query]
+        try:
+            document: DocumentNode | None = parse(query)
+        except GraphQLError:
+            document = None
+        if document is not None and validate(self.schema, document, self._rules):
+            document = None
+        self._documents[query] = document
+        if len(self._documents) > DOCUMENT_CACHE_SIZE:
+            self._documents.popitem(last=False)
+        return document
+
+    def _plan_operation(
+        self,
+        query: str,
+        document: DocumentNode,
+        operation: OperationDefinitionNode,
+        variables: dict[str, Any],
+        operation_name: str | None,
+    ) -> SharedPlan | None:
+        selections = operation.selection_set.selections
+        if len(selections) != 1 or not isinstance(selections[0], FieldNode) or selections[0].directives:
+            return None
+        node = selections[0]
+        if node.name.value not in _ROOTS:
+            return None
+        coerced = get_variable_values(self.schema, operation.variable_definitions or (), variables)
+        if isinstance(coerced, list):  # variable errors: let Strawberry report them
+            return None
+        subscription_type = self.schema.subscription_type
+        assert subscription_type is not None
+        try:
+            arguments = get_argument_values(subscription_type.fields[node.name.value], node, coerced)
+        except GraphQLError:
+            return None
+        key = (query, operation_name, orjson.dumps(variables, option=orjson.OPT_SORT_KEYS))
+        return SharedPlan(key, document, operation_name, variables, node.name.value, arguments)
+
+
+async def open_shared(context: GatewayContext, planner: Planner, plan: SharedPlan) -> DeliveryStream[str]:
+    """Rendered payloads for one subscriber, each acknowledged after it is written.
+
+    Raises a coded GatewayError (sent as an `error` message) before the stream starts;
+    closing the stream releases the group and the cohort, even if never iterated."""
+    kind, _ = _ROOTS[plan.field_name]
+    after, durable = plan.arguments.get("after"), plan.arguments.get("durable")
+    entries = await open_entries(context, kind, _accept(plan), after, durable)
+    assert context.principal is not None
+    tenant_id = context.principal.tenant_id
+    cohort = planner.join(tenant_id, plan)
+    entries.on_close(planner.leave, tenant_id, cohort)
+    return entries.map(cohort.render)
+
+
+def _accept(plan: SharedPlan) -> Accept:
+    if plan.field_name == "events":
+        return type_filter(plan.arguments.get("types"))
+    return order_filter(plan.arguments.get("orderId"))
+
+
+__all__ = ["Cohort", "GatewayError", "Planner", "SharedPlan", "open_shared"]

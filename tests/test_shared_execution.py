@@ -1,0 +1,63 @@
+"""Subscribers with the same operation, variables and tenant share one execution per event."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from helpers import LEGACY_WS, GatewayServer, connect, make_token, publish, wait_until
+
+pytestmark = pytest.mark.anyio
+QUERY = "subscription($types: [String!]) { events(types: $types) { id type payload } }"
+RICH_QUERY = """
+subscription Rich($withPayload: Boolean!) {
+  e: events(types: ["order_*"]) {
+    __typename
+    cursor: id
+    ...Parts
+    payload @include(if: $withPayload)
+  }
+}
+fragment Parts on Event { type tenantId occurredAt eventId }
+"""
+
+
+def cohorts(gateway: GatewayServer, tenant: str) -> list[object]:
+    return [c for key, c in gateway.app.state.planner._cohorts.items() if key[0] == tenant]
+
+
+async def test_subscribers_with_the_same_operation_share_one_execution_per_event(
+    gateway: GatewayServer, redis_client: redis.Redis, tenant: str
+) -> None:
+    token = make_token(tenant)
+    async with connect(gateway.ws_url, token=token) as a, connect(gateway.ws_url, token=token) as b, connect(
+        gateway.ws_url, token=token
+    ) as c:
+        for client in (a, b, c):
+            await client.subscribe("s", QUERY, {"types": ["order_*"]})
+        await c.subscribe("other", QUERY, {"types": ["tool_call"]})
+        await wait_until(lambda: gateway.hub.counters.tenant(tenant).subscriptions == 4)
+        ids = [publish(redis_client, tenant, "order_created", {"n": n}) for n in range(5)]
+        for client in (a, b):
+            assert [e["id"] for e in await client.collect("s", "events", 5)] == ids
+        assert [e["id"] for e in await c.collect("s", "events", 5)] == ids
+        shared = {c.plan.arguments["types"][0]: c for c in cohorts(gateway, tenant)}  # type: ignore[attr-defined]
+        assert shared["order_*"].members == 3 and shared["tool_call"].members == 1
+        assert shared["order_*"].renders == 5
+    await wait_until(lambda: cohorts(gateway, tenant) == [])
+
+
+async def test_shared_frames_equal_what_per_subscriber_execution_sends(
+    gateway: GatewayServer, redis_client: redis.Redis, tenant: str
+) -> None:
+    token = make_token(tenant)
+    async with connect(gateway.ws_url, token=token) as shared, connect(gateway.ws_url, LEGACY_WS, token=token) as legacy:
+        await shared.subscribe("1", RICH_QUERY, {"withPayload": True})
+        await legacy.subscribe("1", RICH_QUERY, {"withPayload": True})
+        await wait_until(lambda: gateway.hub.counters.tenant(tenant).subscriptions == 2)
+        publish(redis_client, tenant, "order_created", {"order_id": "o1", "nested": {"a": [1, 2]}}, event_id="e-7")
+        via_cohort = (await shared.recv())["payload"]
+        via_strawberry = (await legacy.recv())["payload"]
+    assert via_cohort == via_strawberry
+    assert set(via_cohort["data"]["e"]) == {"__typename", "cursor", "type", "tenantId", "occurredAt", "eventId", "payload"}
+    await wait_until(lambda: cohorts(gateway, tenant) == [])
