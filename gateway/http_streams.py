@@ -3,12 +3,14 @@
 Strawberry parses these requests and runs the same resolvers as over a
 WebSocket; the router authenticates them like any HTTP request (401 without a
 valid token). What this module changes is how results become response
-frames. Strawberry merges results and heartbeats through a queue, reading the
+frames. Strawberry merges results and heartbeats through a queue and reads the
 next result while the previous frame still waits to be written, which would
-acknowledge an entry before it reached the socket. Here, as on a WebSocket, a
+acknowledge entries before they reached the socket. Here, as on a WebSocket, a
 result is asked for only after the previous frame was written (the response's
 `send` returned), heartbeats fill the pauses, and:
 
+- a frame not written within `RAGLINE_SLOW_CONSUMER_TIMEOUT` ends the stream
+  with a `SLOW_CONSUMER` error (the client stopped reading);
 - the stream ends with an `UNAUTHENTICATED` "Token expired" error, then
   `complete`, when the token's `exp` passes (a WebSocket closes with 4403);
 - a graceful shutdown completes it like a WebSocket operation (cursor
@@ -26,13 +28,16 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from contextlib import suppress
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import aclosing, suppress
+from typing import Any, ClassVar
 
 import anyio
 from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Send
 from strawberry.http import GraphQLHTTPResponse
 from strawberry.http.streaming import (
     AsyncTextStream,
@@ -52,20 +57,25 @@ from schema.errors import ErrorCode
 
 from .runtime import Runtime
 
-# Every transport /graphql speaks; the two HTTP ones are on by default in no Strawberry view.
+logger = logging.getLogger(__name__)
+
+# Every transport /graphql speaks; Strawberry enables the two HTTP ones only when asked.
 SUBSCRIPTION_PROTOCOLS = (
     GRAPHQL_TRANSPORT_WS_PROTOCOL,
     GRAPHQL_WS_PROTOCOL,
     GRAPHQL_SSE_PROTOCOL,
     MULTIPART_SUBSCRIPTION_PROTOCOL,
 )
-TOKEN_EXPIRED: GraphQLHTTPResponse = {
-    "data": None,
-    "errors": [{"message": "Token expired", "extensions": {"code": ErrorCode.UNAUTHENTICATED.value}}],
-}
 JSON_MEDIA_TYPES = frozenset({"application/json", "application/graphql-response+json", "application/graphql+json"})
+SLOW_CONSUMER_MESSAGE = "Slow consumer: the client did not read its events in time; resubscribe with 'after'"
+FINAL_WRITE_TIMEOUT = 1.0  # seconds the last frames of a stalled stream may take
 _END = object()
 Encode = Callable[[object], str]
+Process = Callable[[Any], Awaitable[GraphQLHTTPResponse]]
+
+
+def error_result(code: ErrorCode, message: str) -> GraphQLHTTPResponse:
+    return {"data": None, "errors": [{"message": message, "extensions": {"code": code.value}}]}
 
 
 class _Wake(enum.Enum):
@@ -89,7 +99,7 @@ class HTTPSubscriptions:
     """Router mixin: SSE and multipart responses with the WebSocket semantics."""
 
     runtime: Runtime
-    stream_transport_classes_by_protocol = {
+    stream_transport_classes_by_protocol: ClassVar[Mapping[str, type[HTTPStreamTransport]]] = {
         MULTIPART_SUBSCRIPTION_PROTOCOL: MultipartSubscriptionTransport,
         GRAPHQL_SSE_PROTOCOL: LineFeedSSETransport,
     }
@@ -106,59 +116,87 @@ class HTTPSubscriptions:
                 return transport
         return None
 
-    async def execute_operation(self, **kwargs: Any) -> Any:
-        request, context = kwargs["request"], kwargs["context"]
+    async def execute_operation(
+        self, request: Any, request_adapter: Any, request_data: Any, context: Any, root_value: Any, sub_response: Any
+    ) -> Any:
         if isinstance(request, Request) and isinstance(context, GatewayContext):
             request.state.principal = context.principal  # for the stream's expiry and accounting
-        return await super().execute_operation(**kwargs)  # type: ignore[misc]
+        return await super().execute_operation(  # type: ignore[misc]
+            request, request_adapter, request_data, context, root_value, sub_response
+        )
 
     def _stream_result(self, request: Any, result: Any, transport: HTTPStreamTransport) -> AsyncTextStream:
-        """Overrides Strawberry's (which reads one result ahead of the socket)."""
+        """Replaces Strawberry's, which reads results ahead of the socket."""
+
+        async def process(value: Any) -> GraphQLHTTPResponse:
+            response: GraphQLHTTPResponse = await self.process_result(request, value)  # type: ignore[attr-defined]
+            return response
+
+        encode: Encode = self.encode_json_string  # type: ignore[attr-defined]
         principal: Principal | None = getattr(request.state, "principal", None)
+        return HTTPOperation(result, transport, encode, process, principal, self.runtime)
 
-        async def process(value: Any) -> Any:
-            return await self.process_result(request, value)  # type: ignore[attr-defined]
-
-        operation = HTTPOperation(result, transport, self.encode_json_string, process, principal)  # type: ignore[attr-defined]
-        return lambda: operation.frames(self.runtime)
+    async def create_streaming_response(
+        self, request: Any, stream: Callable[[], AsyncIterator[str]], sub_response: Response, headers: Mapping[str, str]
+    ) -> Response:
+        if not isinstance(stream, HTTPOperation):  # e.g. @defer results: Strawberry's response
+            return await super().create_streaming_response(request, stream, sub_response, headers)  # type: ignore[misc,no-any-return]
+        return BoundedStreamingResponse(
+            stream,
+            status_code=sub_response.status_code or 200,
+            headers={**sub_response.headers, **headers},
+            write_timeout=self.runtime.settings.slow_consumer_timeout,
+        )
 
 
 class HTTPOperation:
-    """One subscription answered over an HTTP response; drained like a WebSocket."""
+    """One subscription answered over an HTTP response; calling it gives the frames."""
 
     def __init__(
         self,
         results: AsyncIterator[Any],
         transport: HTTPStreamTransport,
         encode: Encode,
-        process: Callable[[Any], Any],
+        process: Process,
         principal: Principal | None,
+        runtime: Runtime,
     ) -> None:
         self._results = results
         self._transport = transport
         self._encode = encode
         self._process = process
         self._principal = principal
+        self._runtime = runtime
         self._draining = asyncio.Event()
         self._ended = asyncio.Event()
         self._step: asyncio.Future[Any] | None = None
+
+    def __call__(self) -> AsyncGenerator[str, None]:
+        return self._frames()
 
     async def drain(self) -> None:
         """Complete the operation (its cursor flushed), as a shutdown does for sockets."""
         self._draining.set()
         await self._ended.wait()
 
-    async def frames(self, runtime: Runtime) -> AsyncGenerator[str, None]:
-        runtime.connections.add(self)
-        counters = self._tenant_counters(runtime)
-        if counters is not None:
+    def slow_consumer_frames(self) -> str:
+        """What a stalled stream is told, if it still reads at all."""
+        error = error_result(ErrorCode.SLOW_CONSUMER, SLOW_CONSUMER_MESSAGE)
+        return self._transport.encode_next(error, self._encode) + self._transport.encode_complete()
+
+    async def _frames(self) -> AsyncGenerator[str, None]:
+        counters = None
+        if self._principal is not None and self._runtime.hub is not None:
+            counters = self._runtime.hub.counters.tenant(self._principal.tenant_id)
             counters.connections += 1
+        self._runtime.connections.add(self)
         drained = asyncio.ensure_future(self._draining.wait())
         try:
             if self._transport.send_initial_heartbeat:
                 yield self._transport.heartbeat_message(self._encode)
-            async for frame in self._result_frames(drained):
-                yield frame
+            async with aclosing(self._result_frames(drained)) as frames:
+                async for frame in frames:
+                    yield frame
             await self._close_results()  # cursor flushed or group removed before `complete`
             yield self._transport.encode_complete()
         finally:
@@ -167,7 +205,7 @@ class HTTPOperation:
                 await self._close_results()
             if counters is not None:
                 counters.connections -= 1
-            runtime.connections.discard(self)
+            self._runtime.connections.discard(self)
             self._ended.set()
 
     async def _result_frames(self, drained: asyncio.Future[Any]) -> AsyncGenerator[str, None]:
@@ -181,7 +219,7 @@ class HTTPOperation:
                 wake = await self._wait(self._step, drained)
             if wake is _Wake.EXPIRY:
                 await self._close_results()
-                yield self._transport.encode_next(TOKEN_EXPIRED, self._encode)
+                yield self._transport.encode_next(error_result(ErrorCode.UNAUTHENTICATED, "Token expired"), self._encode)
                 return
             if wake is _Wake.DRAIN:
                 return
@@ -216,10 +254,37 @@ class HTTPOperation:
         if aclose is not None:
             await aclose()
 
-    def _tenant_counters(self, runtime: Runtime) -> Any:
-        if self._principal is None or runtime.hub is None:
-            return None
-        return runtime.hub.counters.tenant(self._principal.tenant_id)
+
+class BoundedStreamingResponse(StreamingResponse):
+    """Writes an operation's frames, each within `write_timeout`, and closes the
+    operation as soon as the response ends (not when it is garbage collected)."""
+
+    def __init__(
+        self, operation: HTTPOperation, *, status_code: int, headers: Mapping[str, str], write_timeout: float
+    ) -> None:
+        self.frames = operation()
+        super().__init__(self.frames, status_code=status_code, headers=headers)
+        self.operation = operation
+        self.write_timeout = write_timeout
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async with aclosing(self.frames) as frames:
+            async for frame in frames:
+                try:
+                    async with asyncio.timeout(self.write_timeout):
+                        await send({"type": "http.response.body", "body": frame.encode(), "more_body": True})
+                except TimeoutError:
+                    break  # the frame was not written: its entry stays unacknowledged
+            else:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+        logger.info("ending an HTTP subscription whose client stopped reading")
+        with suppress(TimeoutError, OSError):
+            async with asyncio.timeout(FINAL_WRITE_TIMEOUT):
+                last_words = self.operation.slow_consumer_frames().encode()
+                await send({"type": "http.response.body", "body": last_words, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-__all__ = ["SUBSCRIPTION_PROTOCOLS", "HTTPOperation", "HTTPSubscriptions"]
+__all__ = ["SUBSCRIPTION_PROTOCOLS", "BoundedStreamingResponse", "HTTPOperation", "HTTPSubscriptions"]

@@ -146,9 +146,12 @@ class Runtime:
         )
         for task in pending:
             task.cancel()
+        if pending:
+            logger.warning("%s connections did not drain within %ss", len(pending), self.settings.shutdown_timeout)
         for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                logger.warning("drain failed: %s", task.exception())
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                logger.warning("drain failed", exc_info=error)
 
     async def stop(self) -> None:
         if self._bridge_task is not None:

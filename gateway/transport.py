@@ -145,7 +145,10 @@ class TransportWSHandler(_ConnectionHooks, BaseGraphQLTransportWSHandler[Gateway
         timeout = self.view.runtime.settings.slow_consumer_timeout
         async for payload in payloads:
             try:
-                await asyncio.wait_for(websocket.send_text(f"{head}{payload}}}"), timeout)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                # cancellation that lands as the write completes, and the drain waits forever.
+                async with asyncio.timeout(timeout):
+                    await websocket.send_text(f"{head}{payload}}}")
             except TimeoutError:
                 raise SlowConsumerError from None
 

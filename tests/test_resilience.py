@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+import websockets
 
 from gateway.embedded import RedisServer
 from helpers import (
@@ -82,7 +83,10 @@ async def test_sigterm_completes_operations_closes_1001_and_loses_nothing(
             started = time.monotonic()
             gateway.process.send_signal(signal.SIGTERM)
             while True:
-                message = await client.recv()
+                try:
+                    message = await client.recv()
+                except websockets.ConnectionClosed as closed:
+                    raise AssertionError(f"{closed}\n{(tmp_path / 'gw.log').read_text()}") from None
                 if message["type"] != "next":
                     break
                 received.append(message["payload"]["data"]["events"]["id"])
