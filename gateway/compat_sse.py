@@ -121,7 +121,10 @@ class EventStream(Response):
         self._started = True
         await self._write(send, named_frame(CONNECTED_EVENT, self._connected()))
         await race(
-            pump(self.hub, subscription, self.channel.allowed, lambda entry: self._write(send, event_frame(entry))),
+            pump(
+                self.hub, subscription, self.channel.allowed, lambda entry: self._write(send, event_frame(entry)),
+                self.runtime.metrics.delivery,
+            ),
             _disconnected(receive),
             self._expire(send),
             self.drain.requested.wait(),  # shutting down: EventSource reconnects elsewhere

@@ -159,7 +159,7 @@ async def serve_socket(websocket: WebSocket, channel: WsChannel, heartbeat: floa
 async def _authenticated(websocket: WebSocket, runtime: Runtime) -> Principal | None:
     """The principal, or None after closing with 1008 and a reason the client can show."""
     try:
-        return authenticate(runtime, websocket)
+        return await authenticate(runtime, websocket)
     except AuthError as error:
         logger.info("%s refused: %s", websocket.url.path, error.reason)
         reason = "Authentication required" if isinstance(error, MissingToken) else "Invalid token"
@@ -187,6 +187,7 @@ class SocketSession:
     ) -> None:
         self.websocket = websocket
         self.hub = hub_of(runtime)
+        self.metrics = runtime.metrics.delivery
         self.write_timeout = runtime.settings.slow_consumer_timeout
         self.principal = principal
         self.channel = channel
@@ -216,7 +217,7 @@ class SocketSession:
         async with self.hub.subscribe(self.principal.tenant_id, self.channel.kind, cursor) as subscription:
             await self.send(self._connected())
             await race(
-                pump(self.hub, subscription, self.selection.accept, self._write_event),
+                pump(self.hub, subscription, self.selection.accept, self._write_event, self.metrics),
                 self._receive(),
                 self._expire(),
                 self._shut_down(),

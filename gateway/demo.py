@@ -8,10 +8,8 @@ import logging
 import random
 import uuid
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from streaming import keys
+from streaming.connections import REDIS_ERRORS, AnyRedis
 from streaming.publish import publish
 
 logger = logging.getLogger(__name__)
@@ -20,7 +18,7 @@ DEMO_USER = "dev"
 _STEPS = (("order_created", "pending"), ("order_updated", "preparing"), ("order_completed", "completed"))
 
 
-async def run_demo(redis: Redis, tenant_id: str = DEMO_TENANT, interval: float = 2.0) -> None:
+async def run_demo(redis: AnyRedis, tenant_id: str = DEMO_TENANT, interval: float = 2.0) -> None:
     """Publish an order's life (created, updated, completed) every few seconds, forever."""
     logger.info("demo producer publishing order events for tenant %s", tenant_id)
     me = uuid.uuid4().hex
@@ -31,12 +29,12 @@ async def run_demo(redis: Redis, tenant_id: str = DEMO_TENANT, interval: float =
             try:
                 if await _is_the_producer(redis, me, interval):
                     await publish(redis, tenant_id, event_type, payload)
-            except RedisError as error:
+            except REDIS_ERRORS as error:
                 logger.warning("demo producer could not publish: %s", error)
             await asyncio.sleep(interval)
 
 
-async def _is_the_producer(redis: Redis, me: str, interval: float) -> bool:
+async def _is_the_producer(redis: AnyRedis, me: str, interval: float) -> bool:
     """With several workers, one of them publishes (a lock that the holder renews)."""
     ttl = max(1, int(interval * 3))
     if await redis.set(keys.DEMO_LOCK_KEY, me, nx=True, ex=ttl):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from redis.exceptions import RedisError
 
+from streaming.connections import REDIS_ERRORS
+
+from .metrics import CONTENT_TYPE, render
 from .runtime import Runtime
 
 router = APIRouter()
@@ -27,7 +29,7 @@ async def readyz(request: Request, response: Response) -> dict[str, object]:
     if runtime.redis is not None:
         try:
             redis_ok = bool(await runtime.redis.ping())
-        except (RedisError, OSError):
+        except REDIS_ERRORS:
             redis_ok = False
     hub = runtime.hub
     reader_ok = hub is not None and hub.running and await hub.probe()
@@ -38,19 +40,5 @@ async def readyz(request: Request, response: Response) -> dict[str, object]:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    runtime = _runtime(request)
-    lines: list[str] = []
-    if runtime.hub is not None:
-        rows = runtime.hub.counters.tenants()
-        for name, attribute, kind in (
-            ("ragline_connections", "connections", "gauge"),
-            ("ragline_subscriptions", "subscriptions", "gauge"),
-            ("ragline_events_delivered_total", "delivered", "counter"),
-            ("ragline_events_skipped_total", "skipped", "counter"),
-            ("ragline_dead_letters_total", "dead_lettered", "counter"),
-        ):
-            lines.append(f"# TYPE {name} {kind}")
-            lines += [f'{name}{{tenant="{t}"}} {getattr(c, attribute)}' for t, c in sorted(rows.items())]
-        lines.append("# TYPE ragline_redis_available gauge")
-        lines.append(f"ragline_redis_available {int(runtime.hub.available)}")
-    return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+    """Prometheus text format, read from plain counters at scrape time (gateway.metrics)."""
+    return Response(render(request.app.state.metrics_registry), media_type=CONTENT_TYPE)

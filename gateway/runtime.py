@@ -11,25 +11,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
-from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
 
 from streaming.bridge import Bridge, BridgeConfig, default_consumer
+from streaming.connections import REDIS_ERRORS, AnyRedis, open_client
 from streaming.hub import Hub, HubConfig, new_process_id
 from streaming.janitor import Janitor, JanitorConfig
+from streaming.readers import StreamReader, open_reader
 
 from .auth import Authenticator
 from .embedded import RedisServer, ensure_embedded
+from .metrics import CountingRetry, GatewayMetrics
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
 DEV_SECRET_FILE = "jwt-secret"
 # Fail fast on a dead Redis: the hub retries with its own backoff.
 _CONNECTION: dict[str, Any] = {
-    "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+    "retry": CountingRetry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),  # counted in /metrics
     "socket_connect_timeout": 5,
+    # With a socket_timeout, redis-py wraps each send in asyncio.wait_for, which on
+    # Python 3.11 can swallow a cancellation (gh-86296) and leak a subscription's group.
+    "socket_timeout": None,
 }
 
 
@@ -62,7 +65,7 @@ def resolve_redis_url(settings: Settings) -> tuple[str, RedisServer | None]:
 async def run_bridge(url: str, consumer: str) -> None:
     """The bridge on connections of its own (its blocking reads must not hold the
     gateway's pool), until cancelled."""
-    client = Redis.from_url(url, client_name=f"ragline-bridge:{consumer}", **_CONNECTION)
+    client = open_client(url, client_name=f"ragline-bridge:{consumer}", **_CONNECTION)
     try:
         await Bridge(client, BridgeConfig(consumer=consumer)).run()
     finally:
@@ -78,10 +81,11 @@ class Runtime:
     authenticator: Authenticator
     process_id: str = field(default_factory=new_process_id)
     hub: Hub | None = None
-    redis: Redis | None = None
+    redis: AnyRedis | None = None
     janitor: Janitor | None = None
     connections: set[Drainable] = field(default_factory=set)
-    _reader: Redis | None = None
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    _reader: StreamReader | None = None
     _embedded: RedisServer | None = None
     _janitor_task: asyncio.Task[None] | None = None
     _bridge_task: asyncio.Task[None] | None = None
@@ -100,18 +104,16 @@ class Runtime:
         url, self._embedded = resolve_redis_url(self.settings)
         if self.settings.redis_url is None:
             logger.info("RAGLINE_REDIS_URL is unset: using the embedded Redis at %s", url)
-        name = f"ragline-gateway:{self.process_id}"  # visible in CLIENT LIST
-        pool = BlockingConnectionPool.from_url(
-            url, max_connections=self.settings.redis_max_connections, timeout=None, client_name=name, **_CONNECTION
-        )
-        self.redis = Redis(connection_pool=pool)
-        reader_pool = ConnectionPool.from_url(url, max_connections=1, client_name=f"{name}:reader", **_CONNECTION)
-        self._reader = Redis(connection_pool=reader_pool)
+        name = f"ragline-gateway:{self.process_id}"  # visible in CLIENT LIST (of each node, on a cluster)
+        # One server or a cluster (redis+cluster://): the command pool is bounded per node either way.
+        max_connections = self.settings.redis_max_connections
+        self.redis = open_client(url, max_connections=max_connections, client_name=name, **_CONNECTION)
+        self._reader = open_reader(url, self.redis, client_name=f"{name}:reader", **_CONNECTION)
         self.hub = Hub(self.redis, self._reader, self._hub_config())
         self.janitor = Janitor(self.redis, self._janitor_config(), self.hub.figures)
         try:
             await self.janitor.beat()
-        except (RedisError, OSError) as error:
+        except REDIS_ERRORS as error:
             logger.error("Redis unreachable at start-up (%s); the gateway will keep retrying", error)
         await self.hub.start()
         self._janitor_task = asyncio.create_task(self.janitor.run(), name="ragline-janitor")
@@ -165,7 +167,7 @@ class Runtime:
         if self.hub is not None:
             await self.hub.close()
         if self.janitor is not None:
-            with suppress(RedisError, OSError):
+            with suppress(*REDIS_ERRORS):
                 await self.janitor.retire()
         for client in (self.redis, self._reader):
             if client is not None:

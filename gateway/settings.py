@@ -12,6 +12,8 @@ N = TypeVar("N", int, float)
 
 FORBIDDEN_ALGORITHMS = frozenset({"none", ""})
 MIN_HS_KEY_BYTES = 32
+LOG_FORMATS = frozenset({"plain", "json"})
+MIN_FRAME_BYTES = 1024
 
 
 class SettingsError(ValueError):
@@ -32,11 +34,25 @@ class Settings:
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     jwt_leeway: float = 0.0
+    jwt_jwks_url: str | None = None         # JWKS for RS*/ES*/PS* keys, instead of a key file
+    jwt_jwks_ttl: float = 300.0             # seconds a fetched JWKS is used before a refetch
+    jwt_jwks_min_refresh: float = 30.0      # least seconds between refetches (unknown kids)
     allowed_origins: tuple[str, ...] = ()
     init_timeout: float = 5.0               # seconds to send connection_init
+    ping_interval: float = 30.0             # seconds between server pings; 0 turns them off
+    ping_timeout: float = 20.0              # seconds a ping may wait for its pong
+    max_frame_bytes: int = 64 * 1024        # largest inbound WebSocket message
     max_subscriptions_per_connection: int = 20
+    max_connections_per_user: int = 100     # WebSockets per (tenant, user) per process; 0: no limit
+    max_connections_per_tenant: int = 2000  # WebSockets per tenant per process; 0: no limit
+    subscribe_rate: float = 10.0            # subscribe/complete messages per second per connection
+    subscribe_burst: int = 40               # ... allowed in a burst; 0 rate: no limit
+    max_query_depth: int = 10
+    max_query_tokens: int = 1000
+    max_query_aliases: int = 15
+    introspection: bool = True              # off in production, with GraphiQL
     redis_max_connections: int = 8          # command pool; the reader has one more
-    ack_interval: float = 0.02              # seconds between cursor flushes
+    ack_interval: float = 0.25              # seconds between cursor flushes
     durable_ttl: float = 24 * 3600          # idle durable cursors expire after this
     janitor_interval: float = 30.0          # seconds between sweeps for orphaned groups
     orphan_timeout: float = 30.0            # a process silent this long counts as dead
@@ -44,6 +60,7 @@ class Settings:
     slow_consumer_timeout: float = 30.0     # a frame unwritten this long ends the subscription
     debug_hold_type: str | None = None      # tests only: entries of this type are read, never sent
     log_level: str = "info"
+    log_format: str = "plain"               # or "json": one object per line
     graphiql: bool = True
     demo: bool = False                      # run the demo producer (tenant "demo")
     # seed-compat endpoints
@@ -75,11 +92,25 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         jwt_audience=get("JWT_AUDIENCE"),
         jwt_issuer=get("JWT_ISSUER"),
         jwt_leeway=_number(get, "JWT_LEEWAY", 0.0, float),
+        jwt_jwks_url=get("JWT_JWKS_URL"),
+        jwt_jwks_ttl=_number(get, "JWT_JWKS_TTL", 300.0, float),
+        jwt_jwks_min_refresh=_number(get, "JWT_JWKS_MIN_REFRESH", 30.0, float),
         allowed_origins=_list(get("ALLOWED_ORIGINS") or ""),
         init_timeout=_number(get, "INIT_TIMEOUT", 5.0, float),
+        ping_interval=_number(get, "PING_INTERVAL", 30.0, float),
+        ping_timeout=_number(get, "PING_TIMEOUT", 20.0, float),
+        max_frame_bytes=_number(get, "MAX_FRAME_BYTES", 64 * 1024, int),
         max_subscriptions_per_connection=_number(get, "MAX_SUBSCRIPTIONS_PER_CONNECTION", 20, int),
+        max_connections_per_user=_number(get, "MAX_CONNECTIONS_PER_USER", 100, int),
+        max_connections_per_tenant=_number(get, "MAX_CONNECTIONS_PER_TENANT", 2000, int),
+        subscribe_rate=_number(get, "SUBSCRIBE_RATE", 10.0, float),
+        subscribe_burst=_number(get, "SUBSCRIBE_BURST", 40, int),
+        max_query_depth=_number(get, "MAX_QUERY_DEPTH", 10, int),
+        max_query_tokens=_number(get, "MAX_QUERY_TOKENS", 1000, int),
+        max_query_aliases=_number(get, "MAX_QUERY_ALIASES", 15, int),
+        introspection=_flag(get("INTROSPECTION"), True),
         redis_max_connections=_number(get, "REDIS_MAX_CONNECTIONS", 8, int),
-        ack_interval=_number(get, "ACK_INTERVAL", 0.02, float),
+        ack_interval=_number(get, "ACK_INTERVAL", 0.25, float),
         durable_ttl=_number(get, "DURABLE_TTL", 24 * 3600.0, float),
         janitor_interval=_number(get, "JANITOR_INTERVAL", 30.0, float),
         orphan_timeout=_number(get, "ORPHAN_TIMEOUT", 30.0, float),
@@ -87,6 +118,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         slow_consumer_timeout=_number(get, "SLOW_CONSUMER_TIMEOUT", 30.0, float),
         debug_hold_type=get("DEBUG_HOLD_TYPE"),
         log_level=(get("LOG_LEVEL") or "info").lower(),
+        log_format=(get("LOG_FORMAT") or "plain").lower(),
         graphiql=_flag(get("GRAPHIQL"), True),
         demo=_flag(get("DEMO"), False),
         # seed-compat endpoints
@@ -101,14 +133,38 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 
 def validate(settings: Settings) -> None:
-    bad = [a for a in settings.jwt_algorithms if a.lower() in FORBIDDEN_ALGORITHMS]
-    if bad:
-        raise SettingsError("RAGLINE_JWT_ALGORITHMS must not allow 'none'")
-    if settings.jwt_secret is not None and len(settings.jwt_secret.encode()) < MIN_HS_KEY_BYTES:
-        if any(a.startswith("HS") for a in settings.jwt_algorithms):
-            raise SettingsError(f"RAGLINE_JWT_SECRET must be at least {MIN_HS_KEY_BYTES} bytes")
+    """Refuse, at start-up, settings the gateway would run badly or unsafely with."""
+    _validate_jwt(settings)
     if not 0 < settings.port < 65536:
         raise SettingsError("RAGLINE_PORT must be between 1 and 65535")
+    if settings.ping_interval < 0 or (settings.ping_interval > 0 and settings.ping_timeout <= 0):
+        raise SettingsError("RAGLINE_PING_INTERVAL must be >= 0 and RAGLINE_PING_TIMEOUT > 0")
+    if settings.max_frame_bytes < MIN_FRAME_BYTES:
+        raise SettingsError(f"RAGLINE_MAX_FRAME_BYTES must be at least {MIN_FRAME_BYTES}")
+    if settings.log_format not in LOG_FORMATS:
+        raise SettingsError("RAGLINE_LOG_FORMAT must be 'plain' or 'json'")
+    for name in ("max_connections_per_user", "max_connections_per_tenant", "subscribe_rate", "subscribe_burst"):
+        if getattr(settings, name) < 0:
+            raise SettingsError(f"RAGLINE_{name.upper()} must be >= 0")
+    for name in ("max_subscriptions_per_connection", "max_query_depth", "max_query_tokens", "max_query_aliases"):
+        if getattr(settings, name) < 1:
+            raise SettingsError(f"RAGLINE_{name.upper()} must be >= 1")
+
+
+def _validate_jwt(settings: Settings) -> None:
+    """`none` never; HS* secrets of at least 32 bytes; RS/ES/PS need exactly one key source."""
+    if any(a.lower() in FORBIDDEN_ALGORITHMS for a in settings.jwt_algorithms):
+        raise SettingsError("RAGLINE_JWT_ALGORITHMS must not allow 'none'")
+    short = settings.jwt_secret is not None and len(settings.jwt_secret.encode()) < MIN_HS_KEY_BYTES
+    if short and any(a.startswith("HS") for a in settings.jwt_algorithms):
+        raise SettingsError(f"RAGLINE_JWT_SECRET must be at least {MIN_HS_KEY_BYTES} bytes")
+    if settings.jwt_public_key_file is not None and settings.jwt_jwks_url is not None:
+        raise SettingsError("set RAGLINE_JWT_PUBLIC_KEY_FILE or RAGLINE_JWT_JWKS_URL, not both")
+    asymmetric = [a for a in settings.jwt_algorithms if not a.startswith("HS")]
+    if asymmetric and settings.jwt_public_key_file is None and settings.jwt_jwks_url is None:
+        raise SettingsError(
+            f"RAGLINE_JWT_ALGORITHMS allows {asymmetric[0]}: set RAGLINE_JWT_PUBLIC_KEY_FILE or RAGLINE_JWT_JWKS_URL"
+        )
 
 
 def _flag(value: str | None, default: bool) -> bool:

@@ -9,6 +9,8 @@ from strawberry.fastapi import BaseContext
 
 from streaming.hub import Hub
 
+from .metrics import DeliveryMetrics
+
 ADMIN_ROLE = "admin"
 
 
@@ -32,6 +34,7 @@ class GatewayContext(BaseContext):
 
     hub: Hub | None = None
     principal: Principal | None = None
+    delivery: DeliveryMetrics | None = None  # per-event figures for /metrics
     connection_params: dict[str, Any] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 

@@ -8,8 +8,9 @@ skips are acknowledged at once.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, suppress
 from typing import Any, TypeVar
 
 from schema.errors import ErrorCode, GatewayError
@@ -28,6 +29,7 @@ from streaming.hub import Cursor, Durable
 
 from .context import GatewayContext, Principal
 from .filters import Accept, order_filter, type_filter
+from .metrics import LatencyHistogram
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -96,11 +98,31 @@ async def open_entries(
     cursor = Cursor(after=after, durable=_durable(principal, durable))
     stack = AsyncExitStack()
     try:
-        subscription = await stack.enter_async_context(hub.subscribe(principal.tenant_id, kind, cursor))
+        subscription = await _entered(stack, hub.subscribe(principal.tenant_id, kind, cursor))
     except StreamingError as error:
         await stack.aclose()
         raise as_graphql_error(error) from None
-    return DeliveryStream(stack, _coded(hub.deliveries(subscription, accept)))
+    metrics = context.delivery
+    if metrics is not None:
+        metrics.opened(kind, cursor.durable is not None)
+        stack.callback(metrics.closed, kind, cursor.durable is not None)
+    latency = None if metrics is None else metrics.latency
+    return DeliveryStream(stack, _coded(hub.deliveries(subscription, accept), latency))
+
+
+async def _entered(stack: AsyncExitStack, opening: AbstractAsyncContextManager[T]) -> T:
+    """Enter `opening` on `stack`, shielded from cancellation (a client's `complete` while
+    its group is being created). Cancelled in the middle of its Redis round trips, the
+    hub could leave a group behind in Redis, or lose the cancellation altogether (seen on
+    Python 3.11); so the opening finishes, and a cancelled caller then undoes it."""
+    entering = asyncio.ensure_future(stack.enter_async_context(opening))
+    try:
+        return await asyncio.shield(entering)
+    except asyncio.CancelledError:
+        with suppress(Exception):
+            await entering
+        await stack.aclose()
+        raise
 
 
 def _durable(principal: Principal, name: str | None) -> Durable | None:
@@ -115,13 +137,16 @@ def as_graphql_error(error: StreamingError) -> GatewayError:
     return GatewayError(_CODES[type(error)], str(error))
 
 
-async def _coded(entries: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
-    """Streaming errors become coded GraphQL errors. No code runs between our
-    yield and the hub's, so the hub acknowledges an entry exactly when the
-    consumer asks for the next one: after the write."""
+async def _coded(entries: AsyncGenerator[Entry, None], latency: LatencyHistogram | None) -> AsyncGenerator[Entry, None]:
+    """Streaming errors become coded GraphQL errors. Between our yield and the
+    hub's runs only the (synchronous) latency observation, so the hub
+    acknowledges an entry exactly when the consumer asks for the next one:
+    after the write."""
     try:
         async for entry in entries:
             yield entry
+            if latency is not None:
+                latency.observe(entry)
     except StreamingError as error:
         raise as_graphql_error(error) from None
     finally:

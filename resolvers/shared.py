@@ -34,13 +34,14 @@ from graphql import (
 from graphql.execution.values import get_argument_values, get_variable_values
 from graphql.validation import ASTValidationRule
 
-from schema.errors import GatewayError
+from schema.errors import GatewayError, masked
 from streaming import keys
 from streaming.entries import Entry
 
 from .context import GatewayContext
 from .events import DeliveryStream, open_entries, to_event, to_order_event
 from .filters import Accept, order_filter, type_filter
+from .projection import Projector, compile_projection
 
 _ROOTS: dict[str, tuple[str, Callable[[Entry], Any]]] = {
     "events": (keys.EVENTS_KIND, to_event),
@@ -60,6 +61,7 @@ class SharedPlan:
     variables: dict[str, Any]              # as sent; execute() coerces them
     field_name: str
     arguments: dict[str, Any]
+    project: Projector | None = None       # set when the selection needs no execution
 
 
 @dataclass
@@ -77,6 +79,8 @@ class Cohort:
         cached = self._cache.get(entry.id)
         if cached is not None:
             return cached
+        if self.plan.project is not None:
+            return self._remember(entry.id, orjson.dumps(self.plan.project(entry)).decode())
         convert = _ROOTS[self.plan.field_name][1]
         result = execute(
             self.schema,
@@ -87,10 +91,12 @@ class Cohort:
         )
         payload: dict[str, Any] = {"data": result.data}  # type: ignore[union-attr]
         if result.errors:  # type: ignore[union-attr]
-            payload["errors"] = [error.formatted for error in result.errors]  # type: ignore[union-attr]
-        text = orjson.dumps(payload).decode()
+            payload["errors"] = [masked(error).formatted for error in result.errors]  # type: ignore[union-attr]
+        return self._remember(entry.id, orjson.dumps(payload).decode())
+
+    def _remember(self, entry_id: str, text: str) -> str:
         self.renders += 1
-        self._cache[entry.id] = text
+        self._cache[entry_id] = text
         if len(self._cache) > RENDER_CACHE_SIZE:
             self._cache.popitem(last=False)
         return text
@@ -99,9 +105,17 @@ class Cohort:
 class Planner:
     """Decides which subscriptions can share execution, and keeps the cohorts."""
 
-    def __init__(self, schema: GraphQLSchema, rules: Collection[type[ASTValidationRule]] | None = None) -> None:
+    def __init__(
+        self,
+        schema: GraphQLSchema,
+        rules: Collection[type[ASTValidationRule]] | None = None,
+        max_tokens: int | None = None,
+    ) -> None:
+        """`rules` and `max_tokens` must be what Strawberry validates and parses with,
+        so that this path refuses exactly the documents Strawberry's path refuses."""
         self.schema = schema
         self._rules = rules
+        self._max_tokens = max_tokens
         self._documents: OrderedDict[str, DocumentNode | None] = OrderedDict()
         self._cohorts: dict[tuple[str, tuple[str, str | None, bytes]], Cohort] = {}
 
@@ -141,7 +155,7 @@ class Planner:
             self._documents.move_to_end(query)
             return self._documents[query]
         try:
-            document: DocumentNode | None = parse(query)
+            document: DocumentNode | None = parse(query, max_tokens=self._max_tokens)
         except GraphQLError:
             document = None
         if document is not None and validate(self.schema, document, self._rules):
@@ -175,7 +189,7 @@ class Planner:
         except GraphQLError:
             return None
         key = (query, operation_name, orjson.dumps(variables, option=orjson.OPT_SORT_KEYS))
-        return SharedPlan(key, document, operation_name, variables, node.name.value, arguments)
+        return SharedPlan(key, document, operation_name, variables, node.name.value, arguments, compile_projection(node))
 
 
 async def open_shared(context: GatewayContext, planner: Planner, plan: SharedPlan) -> DeliveryStream[str]:

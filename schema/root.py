@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TypeVar
 
 import strawberry
 from graphql import GraphQLError
+from strawberry.extensions import MaskErrors, SchemaExtension
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext, Info
 from strawberry.types.unset import UNSET
 
 from resolvers import GatewayContext, open_events, open_order_events, resolve_stats
 
+from .errors import is_internal
 from .types import SCALARS, Event, OrderEvent, Stats
 
 T = TypeVar("T")
@@ -59,17 +61,26 @@ class GatewaySchema(strawberry.Schema):
     """Logs only unexpected errors: a client's bad input is not the server's problem."""
 
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
-        unexpected = [e for e in errors if _is_internal(e)]
+        unexpected = [e for e in errors if is_internal(e)]
         if unexpected:
             super().process_errors(unexpected, execution_context)
 
 
-def _is_internal(error: GraphQLError) -> bool:
-    """An exception escaped a resolver; syntax, validation and coded errors are the client's."""
-    original = error.original_error
-    return original is not None and not isinstance(original, GraphQLError)
+ExtensionFactory = Callable[[], SchemaExtension]
 
 
-SCHEMA = GatewaySchema(query=Query, subscription=Subscription, config=StrawberryConfig(scalar_map=SCALARS))
+def build_schema(extensions: Sequence[ExtensionFactory] = ()) -> GatewaySchema:
+    """The schema with `extensions` (factories: Strawberry makes one per operation).
 
-__all__ = ["SCHEMA"]
+    Errors from unexpected exceptions always reach clients masked (their text
+    stays in the log); coded GatewayErrors and the client's own syntax or
+    validation errors keep their messages."""
+    factories: list[ExtensionFactory] = [*extensions, lambda: MaskErrors(should_mask_error=is_internal)]
+    return GatewaySchema(
+        query=Query, subscription=Subscription, config=StrawberryConfig(scalar_map=SCALARS), extensions=factories
+    )
+
+
+SCHEMA = build_schema()
+
+__all__ = ["SCHEMA", "build_schema"]

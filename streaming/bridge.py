@@ -16,6 +16,9 @@ skips the ones already copied. Entries pending in a consumer idle for
 `claim_idle_ms` (a bridge that never came back) are taken over with XAUTOCLAIM.
 Per tenant, copies keep the order of each shared stream (entries taken over
 from a dead bridge of another name arrive late).
+
+On a Redis Cluster the shared streams hash to different slots, and one XREADGROUP
+cannot span slots: the bridge then follows each slot's streams in a loop of its own.
 """
 
 from __future__ import annotations
@@ -27,10 +30,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from . import keys
+from .connections import REDIS_ERRORS, AnyRedis, queue_script, same_slot_groups
 from .publish import DEFAULT_MAXLEN
 
 logger = logging.getLogger(__name__)
@@ -91,7 +94,7 @@ class _Append:
 class Bridge:
     """One bridge process's consumer in the `ragline-bridge` group of every shared stream."""
 
-    def __init__(self, redis: Redis, config: BridgeConfig | None = None) -> None:
+    def __init__(self, redis: AnyRedis, config: BridgeConfig | None = None) -> None:
         self.redis = redis
         self.config = config or BridgeConfig()
         self.counters = BridgeCounters()
@@ -109,8 +112,8 @@ class Bridge:
                 if delay > 0.1:
                     logger.info("bridge: resumed")
                 delay = 0.1
-                await self._follow()
-            except (RedisError, OSError) as error:
+                await self._follow_all()
+            except REDIS_ERRORS as error:
                 if delay == 0.1:
                     logger.warning("bridge: Redis error (%s); retrying with backoff", error)
                 await asyncio.sleep(delay)
@@ -123,19 +126,38 @@ class Bridge:
         for stream in self._streams:
             await self.retry_own_pending(stream)
 
-    async def _follow(self) -> None:
+    async def _follow_all(self) -> None:
+        """Follow the shared streams: in one loop where one read may take them all (one
+        server), else one loop per cluster slot; the first error stops every loop."""
+        groups = same_slot_groups(self.redis, list(self._streams))
+        if len(groups) == 1:
+            await self._follow(groups[0])
+            return
+        tasks = [asyncio.create_task(self._follow(streams), name="ragline-bridge-slot") for streams in groups]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _follow(self, streams: list[str]) -> None:
         next_claim = 0.0
         while True:
             if time.monotonic() >= next_claim:
-                for stream in self._streams:
+                for stream in streams:
                     await self.claim_idle(stream)
                 next_claim = time.monotonic() + self.config.claim_interval
-            await self.step()
+            await self.step(streams)
 
-    async def step(self) -> int:
-        """Read and bridge one batch of new entries (blocking up to `block_ms`); how many."""
+    async def step(self, streams: list[str] | None = None) -> int:
+        """Read and bridge one batch of new entries of `streams` (all by default; on a
+        cluster, streams of one slot), blocking up to `block_ms`; how many."""
         total = 0
-        for stream, entries in await self._read(dict.fromkeys(self._streams, ">"), self.config.block_ms):
+        wanted = dict.fromkeys(self._streams if streams is None else streams, ">")
+        for stream, entries in await self._read(wanted, self.config.block_ms):
             await self.bridge(stream, entries)
             total += len(entries)
         return total
@@ -187,7 +209,7 @@ class Bridge:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for append in appends:
                     args = [PENDING_MARKER_TTL_SECONDS, append.maxlen, *_flat(append.fields)]
-                    await self._append_once(keys=[append.target, append.marker], args=args, client=pipe)
+                    await queue_script(pipe, self._append_once, [append.target, append.marker], args)
                 written = await pipe.execute()
             self._count(appends, written)
         return appends

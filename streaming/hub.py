@@ -1,7 +1,9 @@
 """The streaming core: one shared reader per process, fanning out to cursors.
 
-One task blocks in a single `XREAD` over every tenant stream that has local
-subscribers and offers what it reads, parsed once, to those subscribers. Each
+One task reads every tenant stream that has local subscribers and offers what it
+reads, parsed once, to those subscribers: on one Redis server it blocks in a single
+`XREAD` over all of them; on a Redis Cluster, where one command cannot span slots,
+it reads the streams its nodes report as grown (`readers`). Each
 subscription has its own tenant-scoped consumer group that serves as its
 cursor: the group is moved (`XGROUP SETID`) only past entries that were
 written to the client, in one pipelined round trip per flush for all
@@ -18,19 +20,18 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from . import keys
+from .connections import REDIS_ERRORS, AnyRedis, ping_all
 from .counters import Counters
 from .entries import DeadLetter, Entry, Record, parse_record
 from .errors import CursorExpired, DurableTakenOver, InvalidCursor, Unavailable
+from .readers import StreamReader
 from .store import ZERO_ID, Move, RedisStore, StreamBounds
 from .subscription import Feed, Subscription
 
 logger = logging.getLogger(__name__)
 Accept = Callable[[Entry], bool]
-REDIS_ERRORS = (RedisError, OSError)
+READER, FLUSH, OWNERS, COMMANDS = "reader", "flush", "owners", "commands"  # who saw Redis fail
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class HubConfig:
 
     process_id: str
     read_count: int = 1000          # entries per stream per XREAD
-    block_ms: int = 2000            # XREAD block; new feeds wake it early
+    block_ms: int = 2000            # longest wait for new entries; new feeds wake it early
     buffer_limit: int = 2000        # records buffered per subscription
     range_count: int = 500          # entries per catch-up XRANGE
     ack_interval: float = 0.02      # seconds between cursor flushes
@@ -68,19 +69,18 @@ class Cursor:
 class Hub:
     """Owns the reader and cursor-flush tasks and every live subscription."""
 
-    def __init__(self, redis: Redis, reader: Redis, config: HubConfig) -> None:
+    def __init__(self, redis: AnyRedis, reader: StreamReader, config: HubConfig) -> None:
         self.config = config
         self.counters = Counters()
         self.store = RedisStore(redis)
         self._reader = reader
-        self._reader_id: int | None = None
-        self._blocking = False
         self._feeds: dict[str, Feed] = {}
         self._feeds_changed = asyncio.Event()
         self._dirty: dict[Subscription, None] = {}
         self._durables: dict[tuple[str, str], Subscription] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.available = True
+        self._failing: set[str] = set()  # which loops see Redis failing: "reader", "flush", ...
         self.accepting = True
 
     async def start(self) -> None:
@@ -123,10 +123,18 @@ class Hub:
             if owner is not None:
                 await self._take_over(tenant_id, group, owner)
             start = await self._open_group(tenant_id, group, cursor)
-            feed = await self._join_feed(tenant_id)
         except REDIS_ERRORS as error:
             self._on_outage(error)
             raise Unavailable("The gateway cannot reach Redis right now; retry with 'after'") from error
+        try:
+            head = await self.store.stream_end(tenant_id)
+        except BaseException as error:  # cancelled, or Redis went away: the group must not stay behind
+            await self._abandon_group(tenant_id, group, owner)
+            if isinstance(error, REDIS_ERRORS):
+                raise Unavailable("The gateway cannot reach Redis right now; retry with 'after'") from error
+            raise
+        # From here to the `try`, no await: the feed cannot end before we are in it.
+        feed, created = self._join_feed(tenant_id, head)
         subscription = Subscription(
             feed, group, start, self.read_range, owner=owner,
             buffer_limit=self.config.buffer_limit, range_count=self.config.range_count,
@@ -136,6 +144,8 @@ class Hub:
             self._durables[(tenant_id, group)] = subscription
         self.counters.tenant(tenant_id).subscriptions += 1
         try:
+            if created:
+                await self._wake_reader(keys.events_key(tenant_id))
             yield subscription
         finally:
             self.counters.tenant(tenant_id).subscriptions -= 1
@@ -192,7 +202,7 @@ class Hub:
         if self.available:
             return True
         try:
-            await self.store.redis.ping()
+            await ping_all(self.store.redis)
         except REDIS_ERRORS:
             return False
         self._on_recovery()
@@ -290,17 +300,20 @@ class Hub:
 
     # -- the shared reader ----------------------------------------------------
 
-    async def _join_feed(self, tenant_id: str) -> Feed:
+    def _join_feed(self, tenant_id: str, head: str) -> tuple[Feed, bool]:
+        """The tenant's feed, created at `head` if there is none; True when created."""
         feed = self._feeds.get(tenant_id)
         if feed is not None:
-            return feed
-        head = await self.store.stream_end(tenant_id)
-        feed = self._feeds.get(tenant_id)  # another subscriber may have won the race
-        if feed is None:
-            feed = Feed(tenant_id, head, keys.parse_stream_id(head))
-            self._feeds[tenant_id] = feed
-            await self._wake_reader()
-        return feed
+            return feed, False
+        feed = self._feeds[tenant_id] = Feed(tenant_id, head, keys.parse_stream_id(head))
+        return feed, True
+
+    async def _abandon_group(self, tenant_id: str, group: str, owner: str | None) -> None:
+        """Undo `_open_group` for a subscription that never started (shielded: it must finish)."""
+        if owner is not None:
+            return  # a durable cursor stays; nothing was delivered through it
+        with suppress(*REDIS_ERRORS):
+            await asyncio.shield(self.store.destroy_group(tenant_id, group))
 
     def _leave_feed(self, subscription: Subscription) -> None:
         feed = subscription.feed
@@ -308,11 +321,9 @@ class Hub:
         if not feed.subscriptions and self._feeds.get(feed.tenant_id) is feed:
             del self._feeds[feed.tenant_id]
 
-    async def _wake_reader(self) -> None:
+    async def _wake_reader(self, key: str) -> None:
         self._feeds_changed.set()
-        if self._blocking and self._reader_id is not None:
-            with suppress(*REDIS_ERRORS):
-                await self.store.redis.client_unblock(self._reader_id)
+        await self._reader.wake(key)
 
     async def _read_loop(self) -> None:
         pause = 0.0
@@ -325,37 +336,35 @@ class Hub:
                 await self._read_once()
             except REDIS_ERRORS as error:
                 pause = min(self.config.retry_max, max(0.1, pause * 2))
-                self._on_outage(error)
+                self._on_outage(error, READER)
                 await asyncio.sleep(pause)
                 continue
             pause = 0.0
-            self._on_recovery()
+            failure = self._reader.failure  # a cluster node's reads failing, the others' fine
+            if failure is None:
+                self._on_recovery(READER, COMMANDS)
+            else:
+                self._on_outage(failure, READER)
 
     async def _read_once(self) -> None:
-        if self._reader_id is None:
-            self._reader_id = int(await self._reader.client_id())
-        heads = {keys.events_key(f.tenant_id): f for f in self._feeds.values()}
+        feeds = {keys.events_key(f.tenant_id): f for f in self._feeds.values()}
         self._feeds_changed.clear()
-        self._blocking = True
-        try:
-            reply = await self._reader.xread(
-                {key: feed.head for key, feed in heads.items()},
-                count=self.config.read_count,
-                block=self.config.block_ms,
-            )
-        except BaseException:
-            self._reader_id = None
-            raise
-        finally:
-            self._blocking = False
-        for raw_key, entries in reply or []:
-            key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
-            await self._dispatch(heads[key], entries)
+        reply = await self._reader.read(
+            {key: feed.head for key, feed in feeds.items()}, self.config.read_count, self.config.block_ms
+        )
+        for raw_key, entries in reply:
+            feed = feeds.get(_text(raw_key))  # a cluster read can outlive the feed it was for
+            if feed is not None:
+                await self._dispatch(feed, entries)
 
     async def _dispatch(self, feed: Feed, entries: list[Any]) -> None:
         if self._feeds.get(feed.tenant_id) is not feed:
             return  # the feed ended while we were reading
         records = [parse_record(feed.tenant_id, _text(entry_id), fields) for entry_id, fields in entries]
+        if records and records[0].sort_key <= feed.head_key:  # read for an older feed of this tenant
+            records = [record for record in records if record.sort_key > feed.head_key]
+            if not records:
+                return
         await self._dead_letter(feed.tenant_id, records)
         prev_key = feed.head_key
         feed.head, feed.head_key = records[-1].id, records[-1].sort_key
@@ -371,38 +380,49 @@ class Hub:
     # -- cursor upkeep --------------------------------------------------------
 
     async def _flush_loop(self) -> None:
+        pause = 0.0
         while True:
-            await asyncio.sleep(self.config.ack_interval)
+            await asyncio.sleep(max(self.config.ack_interval, pause))
             try:
                 await self.flush()
             except REDIS_ERRORS as error:
-                self._on_outage(error)
+                pause = min(self.config.retry_max, max(0.1, pause * 2))
+                self._on_outage(error, FLUSH)
+                continue
+            pause = 0.0
+            self._on_recovery(FLUSH)
 
     async def _owner_loop(self) -> None:
         """End durable subscriptions whose name a subscription elsewhere took over."""
         while True:
             await asyncio.sleep(self.config.owner_check_interval)
             held = list(self._durables.items())
-            if not held:
-                continue
             try:
-                owners = await self.store.durable_owners([name for name, _ in held])
+                owners = await self.store.durable_owners([name for name, _ in held]) if held else []
             except REDIS_ERRORS as error:
-                self._on_outage(error)
+                self._on_outage(error, OWNERS)
                 continue
+            self._on_recovery(OWNERS)
             for (_, subscription), owner in zip(held, owners, strict=True):
                 if owner is not None and owner != subscription.owner:
                     subscription.fail(DurableTakenOver("A newer subscription took over this durable cursor"))
 
-    def _on_outage(self, error: BaseException) -> None:
-        if self.available:
+    def _on_outage(self, error: BaseException, source: str = COMMANDS) -> None:
+        """`source` met a Redis error; the first one of an outage is logged."""
+        if not self._failing:
             logger.error("Redis unavailable (%s); retrying with backoff", error)
+        self._failing.add(source)
         self.available = False
 
-    def _on_recovery(self) -> None:
-        if not self.available:
+    def _on_recovery(self, *sources: str) -> None:
+        """`sources` work again (none named: Redis answered a probe, so all do); the
+        outage ends, and is logged, once none is failing."""
+        if not self._failing:
+            return
+        self._failing.difference_update(sources or self._failing)
+        if not self._failing:
             logger.warning("Redis available again")
-        self.available = True
+            self.available = True
 
 
 def _parse_after(after: str) -> tuple[int, int]:

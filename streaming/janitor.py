@@ -5,7 +5,8 @@ with a TTL, holding the process's per-tenant figures for `stats`). Its ephemeral
 key is gone (kill -9, OOM, a network partition longer than the TTL) any
 process may destroy them. Durable groups live until nobody holds them for
 `durable_ttl`. A sweep runs in every process, but a short lock makes only one
-of them do it per interval.
+of them do it per interval. On a Redis Cluster the sweep's SCAN runs on every
+primary; the liveness keys and the lock are single-key commands on any slot.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from . import keys
+from .connections import REDIS_ERRORS, AnyRedis
 
 logger = logging.getLogger(__name__)
 Figures = Callable[[], dict[str, dict[str, int]]]
@@ -44,7 +45,7 @@ class SweepReport:
 class Janitor:
     """Heartbeat of this process, and the periodic sweep."""
 
-    def __init__(self, redis: Redis, config: JanitorConfig, figures: Figures = dict) -> None:
+    def __init__(self, redis: AnyRedis, config: JanitorConfig, figures: Figures = dict) -> None:
         self.redis = redis
         self.config = config
         self.figures = figures  # published with the heartbeat, so `stats` can sum every process
@@ -68,7 +69,7 @@ class Janitor:
                     next_sweep = time.monotonic() + self.config.interval
                     if await self._take_turn():
                         await self.sweep()
-            except (RedisError, OSError) as error:
+            except REDIS_ERRORS as error:
                 logger.debug("janitor skipped a round: %s", error)
 
     async def _take_turn(self) -> bool:

@@ -6,9 +6,9 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 
 from . import keys
+from .connections import AnyRedis
 
 DEFAULT_MAXLEN = 1_000_000
 
@@ -36,7 +36,7 @@ def event_fields(
 
 
 async def publish(
-    redis: Redis,
+    redis: AnyRedis,
     tenant_id: str,
     event_type: str,
     payload: dict[str, Any],

@@ -1,7 +1,9 @@
 """The Redis commands the streaming core needs, and nothing else.
 
 Everything here takes tenant ids and group names and builds keys through
-`keys`, so the hub and subscriptions never format a key themselves.
+`keys`, so the hub and subscriptions never format a key themselves. The client
+may be one server's or a Redis Cluster's: every command names one tenant's keys,
+which share the tenant's hash slot, and pipelines are split by node.
 """
 
 from __future__ import annotations
@@ -13,15 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from . import keys
+from .connections import AnyRedis, queue_script
 from .entries import DeadLetter, Record, parse_record
 
 logger = logging.getLogger(__name__)
 
-# Copy a bad entry to the DLQ once, however many readers meet it.
+# Copy a bad entry to the DLQ once, however many readers meet it. Like every script
+# here, all its keys are one tenant's (`ragline:{T}:...`), so they share a cluster slot.
 _DEAD_LETTER_SCRIPT = """
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
@@ -67,7 +70,7 @@ class StreamBounds:
 class RedisStore:
     """Stream reads, cursor (consumer group) moves and dead-lettering."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: AnyRedis) -> None:
         self.redis = redis
         self._dead_letter = redis.register_script(_DEAD_LETTER_SCRIPT)
         self._move_durable = redis.register_script(_MOVE_DURABLE_SCRIPT)
@@ -97,7 +100,7 @@ class RedisStore:
 
     async def read_after(self, tenant_id: str, after: str, count: int) -> list[Record]:
         """Up to `count` entries strictly after `after`, parsed."""
-        raw = await self.redis.xrange(keys.events_key(tenant_id), min=f"({after}", count=count)
+        raw: Any = await self.redis.xrange(keys.events_key(tenant_id), min=f"({after}", count=count)
         return [parse_record(tenant_id, _text(entry_id), fields) for entry_id, fields in raw]
 
     async def create_group(self, tenant_id: str, group: str, at: str) -> None:
@@ -130,7 +133,7 @@ class RedisStore:
                 else:
                     registry = keys.durable_registry_key(move.tenant_id)
                     args = [move.group, move.entry_id, move.owner, now]
-                    await self._move_durable(keys=[stream, registry], args=args, client=pipe)
+                    await queue_script(pipe, self._move_durable, [stream, registry], args)
             results = await pipe.execute(raise_on_error=False)
         await self._recreate_lost(moves, results)
         return [not (move.owner is not None and result == 0) for move, result in zip(moves, results, strict=True)]
@@ -145,9 +148,16 @@ class RedisStore:
                 raise result
 
     async def process_figures(self) -> dict[str, dict[str, dict[str, int]]]:
-        """Every live process's published figures, by process id."""
+        """Every live process's published figures, by process id. On a cluster the
+        SCAN runs on every primary, and the GETs are pipelined per node (their keys
+        have no common slot, so one MGET cannot fetch them)."""
         names = [_text(k) async for k in self.redis.scan_iter(match=keys.PROCESS_PATTERN, count=500)]
-        values = await self.redis.mget(names) if names else []
+        values: list[Any] = []
+        if names:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.get(name)
+                values = await pipe.execute()
         found: dict[str, dict[str, dict[str, int]]] = {}
         for name, value in zip(names, values, strict=True):
             try:

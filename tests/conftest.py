@@ -1,4 +1,8 @@
-"""Fixtures: a real Redis (started here unless RAGLINE_TEST_REDIS_URL is set) and real gateways."""
+"""Fixtures: a real Redis (started here unless RAGLINE_TEST_REDIS_URL is set) and real gateways.
+
+RAGLINE_TEST_CLUSTER=1 makes `redis_url` a local Redis Cluster (3 primaries, 1 replica
+each: tests/cluster.py) instead of one server, so any suite can run against a cluster.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from cluster import LocalCluster, cluster_requested
 from gateway.embedded import RedisServer
 from gateway.settings import Settings
-from helpers import SECRET, GatewayServer, new_tenant
+from helpers import SECRET, GatewayServer, new_tenant, sync_redis
+
+pytest_plugins = ["session_logs"]  # the session's log must hold no token (tests/session_logs.py)
 
 
 @pytest.fixture(scope="session")
@@ -20,10 +27,21 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A Redis Cluster shared by the session's tests; started only when one asks for it."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     external = os.environ.get("RAGLINE_TEST_REDIS_URL")
     if external:
         yield external
+        return
+    if cluster_requested():
+        yield request.getfixturevalue("local_cluster").url
         return
     server = RedisServer.on_port(tmp_path_factory.mktemp("redis"))
     server.start()
@@ -33,7 +51,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis(redis_url)
     yield client
     client.close()
 

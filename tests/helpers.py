@@ -13,6 +13,7 @@ from typing import Any
 
 import jwt
 import redis
+import redis.cluster
 import uvicorn
 import websockets
 
@@ -21,6 +22,7 @@ from gateway.embedded import free_port
 from gateway.server import DrainingServer
 from gateway.settings import Settings
 from streaming import keys
+from streaming.connections import AnyRedis, is_cluster_url, open_client, parse_cluster_url
 
 SECRET = "test-secret-" + "x" * 64  # long enough for HS512 too
 TRANSPORT_WS = "graphql-transport-ws"
@@ -28,6 +30,21 @@ LEGACY_WS = "graphql-ws"
 EVENTS_QUERY = "subscription($types: [String!]) { events(types: $types) { id type tenantId eventId occurredAt payload } }"
 ORDERS_QUERY = "subscription($orderId: String) { orderEvents(orderId: $orderId) { id type orderId status occurredAt payload } }"
 TIMEOUT = 10.0
+
+
+def sync_redis(url: str) -> redis.Redis:
+    """A producer's client for `url`: one server's, or a cluster's (redis+cluster://), which
+    has the same commands (typed as one server's for the tests' convenience)."""
+    if not is_cluster_url(url):
+        return redis.Redis.from_url(url)
+    nodes, options = parse_cluster_url(url)
+    startup = [redis.cluster.ClusterNode(host, port) for host, port in nodes]  # type: ignore[no-untyped-call]
+    return redis.cluster.RedisCluster(startup_nodes=startup, **options)  # type: ignore[return-value]
+
+
+def async_redis(url: str) -> AnyRedis:
+    """An asyncio client for `url`, of the kind the gateway makes."""
+    return open_client(url)
 
 
 def new_tenant() -> str:
@@ -48,7 +65,16 @@ def make_token(
     if roles:
         claims["roles"] = roles
     claims.update(extra)
-    return jwt.encode(claims, secret, algorithm=algorithm)
+    return issued(jwt.encode(claims, secret, algorithm=algorithm))
+
+
+ISSUED_TOKENS: set[str] = set()  # every token the tests made: none may ever be logged
+
+
+def issued(token: str) -> str:
+    """Remember `token` for the session's check that no log line contains it."""
+    ISSUED_TOKENS.add(token)
+    return token
 
 
 class GatewayServer:
@@ -60,6 +86,7 @@ class GatewayServer:
         self.app = create_app(self.settings)
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=self.port, log_config=None, ws_per_message_deflate=False,
+            ws_max_size=self.settings.max_frame_bytes,  # as `ragline serve` sets it
             loop="asyncio",  # uvloop cannot close cleanly in a non-main thread; the CLI tests run it
         )
         self.server = DrainingServer(config, self.app.state.runtime)
@@ -121,9 +148,12 @@ class ProtocolClient:
         await self.ws.send(json.dumps(message))
 
     async def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """The next message that is not a keep-alive; pings are answered, as clients must."""
         while True:
             message = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
-            if message.get("type") not in {"ka", "ping", "pong"}:
+            if message.get("type") == "ping" and self.protocol == TRANSPORT_WS:
+                await self.send({"type": "pong"})
+            elif message.get("type") not in {"ka", "pong"}:
                 return dict(message)
 
     async def init(self, payload: dict[str, Any] | None) -> dict[str, Any]:
@@ -212,7 +242,7 @@ def unsigned_token(claims: dict[str, Any]) -> str:
     def part(data: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
-    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+    return issued(f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}.")
 
 
 STATS_QUERY = "{ stats { connections subscriptions eventsDelivered pending deadLettered redisAvailable tenants { tenantId connections subscriptions eventsDelivered pending deadLettered } } }"

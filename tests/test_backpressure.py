@@ -9,7 +9,16 @@ import pytest
 import redis
 import websockets
 
-from helpers import EVENTS_QUERY, TRANSPORT_WS, GatewayServer, ProtocolClient, connect, groups, make_token, wait_until
+from helpers import (
+    EVENTS_QUERY,
+    TRANSPORT_WS,
+    GatewayServer,
+    ProtocolClient,
+    connect,
+    groups,
+    make_token,
+    wait_until,
+)
 from streaming import keys
 
 pytestmark = pytest.mark.anyio

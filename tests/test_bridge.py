@@ -16,9 +16,8 @@ from typing import Any
 
 import pytest
 import redis
-from redis.asyncio import Redis as AsyncRedis
 
-from helpers import connect, make_token, new_tenant, wait_until
+from helpers import async_redis, connect, make_token, new_tenant, wait_until
 from streaming import keys
 from streaming.bridge import Bridge, BridgeConfig
 
@@ -177,7 +176,7 @@ async def test_a_bridge_that_died_between_copy_and_ack_copies_nothing_twice_when
     redis_url: str, redis_client: redis.Redis, shared_streams: None, tenant: str, tmp_path: Path
 ) -> None:
     ids = produce(redis_client, [("orders", valid_entry(tenant, "orders", n)) for n in range(1, 5)])
-    client = AsyncRedis.from_url(redis_url)
+    client = async_redis(redis_url)
     try:  # what a bridge killed before its XACK leaves: 4 entries pending, the first 2 copied
         crashed = Bridge(client, BridgeConfig(consumer="crashed", sources=("orders",)))
         await crashed.start()
@@ -201,7 +200,7 @@ async def test_entries_left_pending_by_a_dead_bridge_are_taken_over(
     ids = produce(redis_client, [("system", valid_entry(tenant, "system", n)) for n in range(1, 4)])
     redis_client.xgroup_create(SOURCE_KEYS[2], keys.BRIDGE_GROUP, id="0")
     redis_client.xreadgroup(keys.BRIDGE_GROUP, "dead-host", {SOURCE_KEYS[2]: ">"})
-    client = AsyncRedis.from_url(redis_url)
+    client = async_redis(redis_url)
     config = BridgeConfig(consumer="alive", claim_idle_ms=300, claim_interval=0.1, block_ms=100)
     task = asyncio.create_task(Bridge(client, config).run())
     try:

@@ -18,9 +18,9 @@ import httpx
 import pytest
 import redis
 import websockets
-from helpers import STATS_QUERY, GatewayServer, groups, make_token, new_tenant, publish, wait_until
 
 from gateway.embedded import free_port
+from helpers import STATS_QUERY, GatewayServer, groups, make_token, new_tenant, publish, wait_until
 from streaming import keys
 
 pytestmark = pytest.mark.anyio

@@ -7,12 +7,12 @@ import random
 
 import pytest
 import redis
-import redis.asyncio as aredis
 
 from helpers import (
     EVENTS_QUERY,
     ORDERS_QUERY,
     GatewayServer,
+    async_redis,
     connect,
     error_code,
     make_token,
@@ -47,7 +47,7 @@ async def test_after_resume_sees_every_id_once_in_order_while_producers_publish(
     gateway: GatewayServer, redis_url: str, tenant: str, run: int
 ) -> None:
     rng = random.Random(run)
-    producer = aredis.Redis.from_url(redis_url)
+    producer = async_redis(redis_url)
     stream = keys.events_key(tenant)
     before = [(await producer.xadd(stream, _fields(tenant, i))).decode() for i in range(rng.randint(1, 40))]
     cut = rng.randrange(len(before))

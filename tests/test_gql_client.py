@@ -13,7 +13,15 @@ from gql.transport.exceptions import TransportConnectionFailed, TransportServerE
 from gql.transport.httpx import HTTPXAsyncTransport
 from gql.transport.websockets import WebsocketsTransport
 
-from helpers import EVENTS_QUERY, ORDERS_QUERY, GatewayServer, groups, make_token, publish, wait_until
+from helpers import (
+    EVENTS_QUERY,
+    ORDERS_QUERY,
+    GatewayServer,
+    groups,
+    make_token,
+    publish,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 SUBPROTOCOLS = [WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL, WebsocketsTransport.APOLLO_SUBPROTOCOL]

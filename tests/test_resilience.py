@@ -172,8 +172,7 @@ async def test_a_redis_restart_loses_nothing_and_is_logged_once(
 async def test_idle_durable_cursors_expire_and_held_ones_do_not(
     gateway: GatewayServer, redis_url: str, redis_client: redis.Redis, tenant: str
 ) -> None:
-    import redis.asyncio as aredis
-
+    from helpers import async_redis
     from streaming.janitor import Janitor, JanitorConfig
 
     token = make_token(tenant)
@@ -184,7 +183,7 @@ async def test_idle_durable_cursors_expire_and_held_ones_do_not(
         await client.complete("idle")
         await wait_until(lambda: gateway.hub.counters.tenant(tenant).subscriptions == 1)
         await asyncio.sleep(1.2)
-        sweeper = aredis.Redis.from_url(redis_url)
+        sweeper = async_redis(redis_url)
         janitor = Janitor(sweeper, JanitorConfig(process_id="test-sweeper", durable_ttl=1.0))
         await janitor.sweep()
         await sweeper.aclose()

@@ -61,3 +61,25 @@ async def test_shared_frames_equal_what_per_subscriber_execution_sends(
     assert via_cohort == via_strawberry
     assert set(via_cohort["data"]["e"]) == {"__typename", "cursor", "type", "tenantId", "occurredAt", "eventId", "payload"}
     await wait_until(lambda: cohorts(gateway, tenant) == [])
+
+
+PLAIN_QUERIES = {
+    "events": "subscription { events { __typename id kind: type tenantId eventId occurredAt payload id } }",
+    "orderEvents": "subscription { o: orderEvents { id type orderId status occurredAt payload __typename } }",
+}
+
+
+@pytest.mark.parametrize("root", list(PLAIN_QUERIES))
+async def test_plain_selections_render_without_execution_exactly_as_graphql_core_would(
+    gateway: GatewayServer, redis_client: redis.Redis, tenant: str, root: str
+) -> None:
+    token = make_token(tenant)
+    async with connect(gateway.ws_url, token=token) as shared, connect(gateway.ws_url, LEGACY_WS, token=token) as legacy:
+        await shared.subscribe("1", PLAIN_QUERIES[root])
+        await legacy.subscribe("1", PLAIN_QUERIES[root])
+        await wait_until(lambda: gateway.hub.counters.tenant(tenant).subscriptions == 2)
+        assert all(c.plan.project is not None for c in cohorts(gateway, tenant))  # type: ignore[attr-defined]
+        publish(redis_client, tenant, "order_updated", {"order_id": 42, "status": 7, "x": [1.5, None]}, event_id="e-1")
+        publish(redis_client, tenant, "order_created", {"order_id": "o-2"}, occurred_at="2026-01-02T03:04:05")
+        for _ in range(2):
+            assert (await shared.recv())["payload"] == (await legacy.recv())["payload"]

@@ -8,7 +8,16 @@ import httpx
 import pytest
 import redis
 
-from helpers import EVENTS_QUERY, STATS_QUERY, GatewayServer, connect, make_token, new_tenant, publish, wait_until
+from helpers import (
+    EVENTS_QUERY,
+    STATS_QUERY,
+    GatewayServer,
+    connect,
+    make_token,
+    new_tenant,
+    publish,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
