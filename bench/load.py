@@ -282,9 +282,9 @@ async def open_subscriptions(
     new = [Subscription(SubSpec(**s), FLEET) for s in specs]
 
     async def open_one(sub: Subscription) -> None:
-        token = tokens.setdefault(
-            sub.spec.tenant, make_token(secret, sub.spec.tenant, "bench-user")
-        )
+        # One user per subscription, as real clients are: the gateway limits connections per user.
+        user = f"bench-user-{sub.spec.index}"
+        token = tokens.setdefault(f"{sub.spec.tenant}/{user}", make_token(secret, sub.spec.tenant, user))
         async with gate:
             await sub.open(url, token)
 

@@ -150,7 +150,9 @@ class Hub:
         finally:
             self.counters.tenant(tenant_id).subscriptions -= 1
             self._leave_feed(subscription)
-            await self._close_group(subscription)
+            # Shielded: a cancel that lands while the subscription is already ending (its
+            # socket closed mid-write, then the handler cancels it) must not leave the group.
+            await asyncio.shield(self._close_group(subscription))
 
     async def deliveries(self, subscription: Subscription, accept: Accept) -> AsyncGenerator[Entry, None]:
         """The subscription's accepted entries in order, each acknowledged only
@@ -189,7 +191,7 @@ class Hub:
         batch = list(self._dirty)
         self._dirty.clear()
         try:
-            kept = await self.store.move_groups(_move(s) for s in batch)
+            kept = await self.store.move_groups([_move(s) for s in batch], lambda i: not batch[i].closing)
         except REDIS_ERRORS:
             self._dirty.update(dict.fromkeys(batch))
             raise
@@ -283,6 +285,7 @@ class Hub:
 
     async def _close_group(self, subscription: Subscription) -> None:
         """Ephemeral: destroy the group. Durable: flush the cursor and let go of the name."""
+        subscription.closing = True  # before any await: a concurrent flush must not recreate the group
         self._dirty.pop(subscription, None)
         tenant_id, group, owner = subscription.tenant_id, subscription.group, subscription.owner
         try:

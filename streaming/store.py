@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,9 +120,13 @@ class RedisStore:
     async def destroy_group(self, tenant_id: str, group: str) -> None:
         await self.redis.xgroup_destroy(keys.events_key(tenant_id), group)
 
-    async def move_groups(self, moves: Iterable[Move]) -> list[bool]:
+    async def move_groups(
+        self, moves: Iterable[Move], recreate: Callable[[int], bool] = lambda index: True
+    ) -> list[bool]:
         """Set every cursor in one pipelined round trip; False where a durable
-        cursor now belongs to another subscription."""
+        cursor now belongs to another subscription. A group that vanished is
+        recreated at its cursor where `recreate(index)` says so (not for a
+        subscription that is ending: its group was destroyed on purpose)."""
         moves = list(moves)
         now = int(time.time())
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -135,13 +139,15 @@ class RedisStore:
                     args = [move.group, move.entry_id, move.owner, now]
                     await queue_script(pipe, self._move_durable, [stream, registry], args)
             results = await pipe.execute(raise_on_error=False)
-        await self._recreate_lost(moves, results)
+        await self._recreate_lost(moves, results, recreate)
         return [not (move.owner is not None and result == 0) for move, result in zip(moves, results, strict=True)]
 
-    async def _recreate_lost(self, moves: list[Move], results: list[Any]) -> None:
+    async def _recreate_lost(self, moves: list[Move], results: list[Any], recreate: Callable[[int], bool]) -> None:
         """Groups that vanished (Redis restarted empty, a janitor's mistake) come back at the cursor."""
-        for move, result in zip(moves, results, strict=True):
+        for index, (move, result) in enumerate(zip(moves, results, strict=True)):
             if isinstance(result, ResponseError) and "NOGROUP" in str(result):
+                if not recreate(index):
+                    continue
                 logger.warning("group %s was gone; recreating it at %s", move.group, move.entry_id)
                 await self.create_group(move.tenant_id, move.group, move.entry_id)
             elif isinstance(result, Exception):

@@ -50,6 +50,7 @@ class Subscription:
         self.feed = feed
         self.owner = owner  # set for durable subscriptions: the claim on the name
         self.closed = asyncio.Event()
+        self.closing = False  # set when the hub starts releasing the group
         self.tenant_id = feed.tenant_id
         self.group = group
         self.acked = start
