@@ -35,17 +35,10 @@ from redis.exceptions import ResponseError
 from . import keys
 from .connections import REDIS_ERRORS, AnyRedis, queue_script, same_slot_groups
 from .publish import DEFAULT_MAXLEN
+from .store import APPEND_ONCE_SCRIPT
 
 logger = logging.getLogger(__name__)
 
-# Append once per marker: the marker and the stream share a cluster slot.
-_APPEND_ONCE_SCRIPT = """
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
-  return 1
-end
-return 0
-"""
 RawEntry = tuple[Any, dict[Any, Any]]  # (entry id, fields) as redis-py returns them
 COPIED_FIELDS = ("tenant_id", "event_type", "payload", "event_id", "occurred_at")
 # A marker must outlive an entry's time in the pending list (a bridge that is down for
@@ -98,7 +91,7 @@ class Bridge:
         self.redis = redis
         self.config = config or BridgeConfig()
         self.counters = BridgeCounters()
-        self._append_once = redis.register_script(_APPEND_ONCE_SCRIPT)
+        self._append_once = redis.register_script(APPEND_ONCE_SCRIPT)  # the marker and the stream share a slot
         self._streams = {keys.shared_stream_key(name): name for name in self.config.sources}
 
     async def run(self) -> None:

@@ -23,9 +23,9 @@ from .entries import DeadLetter, Record, parse_record
 
 logger = logging.getLogger(__name__)
 
-# Copy a bad entry to the DLQ once, however many readers meet it. Like every script
-# here, all its keys are one tenant's (`ragline:{T}:...`), so they share a cluster slot.
-_DEAD_LETTER_SCRIPT = """
+# Append to a stream once per marker key (SET NX), however many writers try: dead
+# letters here, bridged copies in bridge.py. Callers keep both keys in one cluster slot.
+APPEND_ONCE_SCRIPT = """
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
   return 1
@@ -72,7 +72,7 @@ class RedisStore:
 
     def __init__(self, redis: AnyRedis) -> None:
         self.redis = redis
-        self._dead_letter = redis.register_script(_DEAD_LETTER_SCRIPT)
+        self._dead_letter = redis.register_script(APPEND_ONCE_SCRIPT)
         self._move_durable = redis.register_script(_MOVE_DURABLE_SCRIPT)
         self._release_durable = redis.register_script(_RELEASE_DURABLE_SCRIPT)
 
