@@ -153,27 +153,23 @@ async def _coded(entries: AsyncGenerator[Entry, None], latency: LatencyHistogram
         await entries.aclose()
 
 
-async def _mapped(source: AsyncGenerator[T, None], convert: Callable[[T], U]) -> AsyncGenerator[U, None]:
-    try:
-        async for item in source:
-            yield convert(item)
-    finally:
-        await source.aclose()
-
-
 class DeliveryStream(AsyncIterator[T]):
     """The subscription's event source; closing it releases the group even
     when the stream was never iterated."""
 
-    def __init__(self, stack: AsyncExitStack, source: AsyncGenerator[T, None]) -> None:
+    def __init__(
+        self, stack: AsyncExitStack, source: AsyncGenerator[Any, None], convert: Callable[[Any], T] | None = None
+    ) -> None:
         self._stack = stack
         self._source = source
+        self._convert = convert  # applied here, not by another generator layer on the per-event path
 
     def __aiter__(self) -> DeliveryStream[T]:
         return self
 
     async def __anext__(self) -> T:
-        return await self._source.__anext__()
+        item = await self._source.__anext__()
+        return item if self._convert is None else self._convert(item)
 
     async def aclose(self) -> None:
         try:
@@ -187,7 +183,10 @@ class DeliveryStream(AsyncIterator[T]):
 
     def map(self, convert: Callable[[T], U]) -> DeliveryStream[U]:
         """The same stream (and cleanup) with each item converted."""
-        return DeliveryStream(self._stack, _mapped(self._source, convert))
+        inner = self._convert
+        if inner is None:
+            return DeliveryStream(self._stack, self._source, convert)
+        return DeliveryStream(self._stack, self._source, lambda item: convert(inner(item)))
 
     def __repr__(self) -> str:
         return f"<DeliveryStream {self._source!r}>"

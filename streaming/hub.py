@@ -158,10 +158,11 @@ class Hub:
         """The subscription's accepted entries in order, each acknowledged only
         when the consumer asks for the next one, that is after it was written."""
         counters = self.counters.tenant(subscription.tenant_id)
+        hold_type = self.config.hold_type
         while True:
             record = await subscription.next_record()
             if isinstance(record, Entry) and accept(record):
-                if record.event_type == self.config.hold_type:
+                if record.event_type == hold_type:
                     await asyncio.Event().wait()  # test hook: read, never sent
                 yield record
                 counters.delivered += 1
