@@ -8,9 +8,8 @@ skips are acknowledged at once.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, suppress
+from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
 from schema.errors import ErrorCode, GatewayError
@@ -98,7 +97,7 @@ async def open_entries(
     cursor = Cursor(after=after, durable=_durable(principal, durable))
     stack = AsyncExitStack()
     try:
-        subscription = await _entered(stack, hub.subscribe(principal.tenant_id, kind, cursor))
+        subscription = await stack.enter_async_context(hub.subscribe(principal.tenant_id, kind, cursor))
     except StreamingError as error:
         await stack.aclose()
         raise as_graphql_error(error) from None
@@ -108,21 +107,6 @@ async def open_entries(
         stack.callback(metrics.closed, kind, cursor.durable is not None)
     latency = None if metrics is None else metrics.latency
     return DeliveryStream(stack, _coded(hub.deliveries(subscription, accept), latency))
-
-
-async def _entered(stack: AsyncExitStack, opening: AbstractAsyncContextManager[T]) -> T:
-    """Enter `opening` on `stack`, shielded from cancellation (a client's `complete` while
-    its group is being created). Cancelled in the middle of its Redis round trips, the
-    hub could leave a group behind in Redis, or lose the cancellation altogether (seen on
-    Python 3.11); so the opening finishes, and a cancelled caller then undoes it."""
-    entering = asyncio.ensure_future(stack.enter_async_context(opening))
-    try:
-        return await asyncio.shield(entering)
-    except asyncio.CancelledError:
-        with suppress(Exception):
-            await entering
-        await stack.aclose()
-        raise
 
 
 def _durable(principal: Principal, name: str | None) -> Durable | None:

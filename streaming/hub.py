@@ -119,19 +119,16 @@ class Hub:
             _parse_after(cursor.after)
         group = self._group_name(tenant_id, kind, cursor)
         owner = None if cursor.durable is None else f"{self.config.process_id}:{uuid.uuid4().hex}"
+        # Shielded: a caller cancelled mid-way (a client's `complete` or disconnect while
+        # its group is being created) must not leave the group behind, nor be mistaken
+        # for a cancel of the Redis round trips themselves.
+        opening = asyncio.ensure_future(self._open(tenant_id, group, cursor, owner))
         try:
-            if owner is not None:
-                await self._take_over(tenant_id, group, owner)
-            start = await self._open_group(tenant_id, group, cursor)
-        except REDIS_ERRORS as error:
-            self._on_outage(error)
-            raise Unavailable("The gateway cannot reach Redis right now; retry with 'after'") from error
-        try:
-            head = await self.store.stream_end(tenant_id)
-        except BaseException as error:  # cancelled, or Redis went away: the group must not stay behind
-            await self._abandon_group(tenant_id, group, owner)
-            if isinstance(error, REDIS_ERRORS):
-                raise Unavailable("The gateway cannot reach Redis right now; retry with 'after'") from error
+            start, head = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            with suppress(Exception):
+                await opening
+                await self._abandon_group(tenant_id, group, owner)
             raise
         # From here to the `try`, no await: the feed cannot end before we are in it.
         feed, created = self._join_feed(tenant_id, head)
@@ -253,6 +250,21 @@ class Hub:
         return [s for feed in self._feeds.values() for s in feed.subscriptions]
 
     # -- groups ---------------------------------------------------------------
+
+    async def _open(self, tenant_id: str, group: str, cursor: Cursor, owner: str | None) -> tuple[str, str]:
+        """Claim (durable), create or reposition the group; (start id, stream end)."""
+        try:
+            if owner is not None:
+                await self._take_over(tenant_id, group, owner)
+            start = await self._open_group(tenant_id, group, cursor)
+        except REDIS_ERRORS as error:
+            self._on_outage(error)
+            raise Unavailable("The gateway cannot reach Redis right now; retry with 'after'") from error
+        try:
+            return start, await self.store.stream_end(tenant_id)
+        except REDIS_ERRORS as error:  # the group must not stay behind
+            await self._abandon_group(tenant_id, group, owner)
+            raise Unavailable("The gateway cannot reach Redis right now; retry with 'after'") from error
 
     def _group_name(self, tenant_id: str, kind: str, cursor: Cursor) -> str:
         if cursor.durable is not None:
