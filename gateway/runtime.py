@@ -23,6 +23,7 @@ from .auth import Authenticator
 from .embedded import RedisServer, ensure_embedded
 from .metrics import CountingRetry, GatewayMetrics
 from .settings import Settings
+from .watchdog import WriteWatch
 
 logger = logging.getLogger(__name__)
 DEV_SECRET_FILE = "jwt-secret"
@@ -85,10 +86,14 @@ class Runtime:
     janitor: Janitor | None = None
     connections: set[Drainable] = field(default_factory=set)
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    writes: WriteWatch = field(init=False)  # slow consumers on the /graphql fast path
     _reader: StreamReader | None = None
     _embedded: RedisServer | None = None
     _janitor_task: asyncio.Task[None] | None = None
     _bridge_task: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.writes = WriteWatch(self.settings.slow_consumer_timeout)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:

@@ -55,6 +55,7 @@ from .heartbeat import Heartbeat
 from .limits import ConnectionRefused, Limit, TokenBucket, rate_limited, too_many_subscriptions
 from .logs import OPERATION_ID, new_connection_id
 from .protocol import CloseCode, Reason, close_reason, legacy_ws_violation, transport_ws_violation
+from .watchdog import stalled
 
 if TYPE_CHECKING:
     from .transport import GatewayRouter
@@ -297,20 +298,27 @@ class TransportWSHandler(_ConnectionHooks, BaseGraphQLTransportWSHandler[Gateway
         await operation.send_operation_message({"id": operation.id, "type": "complete"})
 
     async def _send_payloads(self, operation: Operation[GatewayContext, None], payloads: AsyncIterator[str]) -> None:
-        """Write each `next` frame; the cursor moves when the next payload is asked for."""
+        """Write each `next` frame; the cursor moves when the next payload is asked for.
+        A write pending longer than `slow_consumer_timeout` raises SlowConsumerError
+        (the process's `WriteWatch` cancels it: no timer per write)."""
         head = f'{{"id":{orjson.dumps(operation.id).decode()},"type":"next","payload":'
-        websocket = self.websocket.ws
-        timeout = self.view.runtime.settings.slow_consumer_timeout
-        async for payload in payloads:
-            if operation.completed:  # the client completed it while we waited for this event
-                return
-            try:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
-                # cancellation that lands as the write completes, and the drain waits forever.
-                async with asyncio.timeout(timeout):
-                    await websocket.send_text(f"{head}{payload}}}")
-            except TimeoutError:
+        send_text = self.websocket.ws.send_text
+        watch = self.view.runtime.writes
+        writer = watch.watch()
+        clock = asyncio.get_running_loop().time
+        try:
+            async for payload in payloads:
+                if operation.completed:  # the client completed it while we waited for this event
+                    return
+                writer.since = clock()
+                await send_text(f"{head}{payload}}}")
+                writer.since = 0.0
+        except asyncio.CancelledError:
+            if stalled(writer):
                 raise SlowConsumerError from None
+            raise
+        finally:
+            watch.forget(writer)
 
     async def _end_with(self, operation: Operation[GatewayContext, None], error: GraphQLError) -> None:
         """A `next` with the error, then `complete`; a client that reads nothing gets its socket closed."""

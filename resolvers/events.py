@@ -8,7 +8,7 @@ skips are acknowledged at once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
@@ -24,7 +24,7 @@ from streaming.errors import (
     StreamingError,
     Unavailable,
 )
-from streaming.hub import Cursor, Durable
+from streaming.hub import Cursor, Deliveries, Durable
 
 from .context import GatewayContext, Principal
 from .filters import Accept, order_filter, type_filter
@@ -106,7 +106,7 @@ async def open_entries(
         metrics.opened(kind, cursor.durable is not None)
         stack.callback(metrics.closed, kind, cursor.durable is not None)
     latency = None if metrics is None else metrics.latency
-    return DeliveryStream(stack, _coded(hub.deliveries(subscription, accept), latency))
+    return DeliveryStream(stack, hub.deliveries(subscription, accept), latency=latency)
 
 
 def _durable(principal: Principal, name: str | None) -> Durable | None:
@@ -121,39 +121,41 @@ def as_graphql_error(error: StreamingError) -> GatewayError:
     return GatewayError(_CODES[type(error)], str(error))
 
 
-async def _coded(entries: AsyncGenerator[Entry, None], latency: LatencyHistogram | None) -> AsyncGenerator[Entry, None]:
-    """Streaming errors become coded GraphQL errors. Between our yield and the
-    hub's runs only the (synchronous) latency observation, so the hub
-    acknowledges an entry exactly when the consumer asks for the next one:
-    after the write."""
-    try:
-        async for entry in entries:
-            yield entry
-            if latency is not None:
-                latency.observe(entry)
-    except StreamingError as error:
-        raise as_graphql_error(error) from None
-    finally:
-        await entries.aclose()
-
-
 class DeliveryStream(AsyncIterator[T]):
-    """The subscription's event source; closing it releases the group even
-    when the stream was never iterated."""
+    """The subscription's event source: streaming errors come out as coded GraphQL
+    errors, each entry's latency is observed once it was written (when the next
+    is asked for, as the hub acknowledges it), and closing the stream releases
+    the group even when it was never iterated.
+
+    One object, not a stack of async generators: this runs once per event per
+    subscriber."""
 
     def __init__(
-        self, stack: AsyncExitStack, source: AsyncGenerator[Any, None], convert: Callable[[Any], T] | None = None
+        self,
+        stack: AsyncExitStack,
+        source: Deliveries,
+        convert: Callable[[Entry], T] | None = None,
+        latency: LatencyHistogram | None = None,
     ) -> None:
         self._stack = stack
         self._source = source
-        self._convert = convert  # applied here, not by another generator layer on the per-event path
+        self._convert = convert
+        self._latency = latency
+        self._written: Entry | None = None  # handed out last; written once the next is asked for
 
     def __aiter__(self) -> DeliveryStream[T]:
         return self
 
     async def __anext__(self) -> T:
-        item = await self._source.__anext__()
-        return item if self._convert is None else self._convert(item)
+        if self._written is not None and self._latency is not None:
+            self._latency.observe(self._written)
+        try:
+            entry = await self._source.__anext__()
+        except StreamingError as error:
+            self._written = None
+            raise as_graphql_error(error) from None
+        self._written = entry
+        return entry if self._convert is None else self._convert(entry)  # type: ignore[return-value]
 
     async def aclose(self) -> None:
         try:
@@ -168,9 +170,10 @@ class DeliveryStream(AsyncIterator[T]):
     def map(self, convert: Callable[[T], U]) -> DeliveryStream[U]:
         """The same stream (and cleanup) with each item converted."""
         inner = self._convert
-        if inner is None:
-            return DeliveryStream(self._stack, self._source, convert)
-        return DeliveryStream(self._stack, self._source, lambda item: convert(inner(item)))
+        outer: Callable[[Entry], U] = (
+            convert if inner is None else lambda entry: convert(inner(entry))  # type: ignore[assignment]
+        )
+        return DeliveryStream(self._stack, self._source, outer, self._latency)
 
     def __repr__(self) -> str:
         return f"<DeliveryStream {self._source!r}>"

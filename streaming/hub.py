@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -151,21 +151,10 @@ class Hub:
             # socket closed mid-write, then the handler cancels it) must not leave the group.
             await asyncio.shield(self._close_group(subscription))
 
-    async def deliveries(self, subscription: Subscription, accept: Accept) -> AsyncGenerator[Entry, None]:
+    def deliveries(self, subscription: Subscription, accept: Accept) -> Deliveries:
         """The subscription's accepted entries in order, each acknowledged only
         when the consumer asks for the next one, that is after it was written."""
-        counters = self.counters.tenant(subscription.tenant_id)
-        hold_type = self.config.hold_type
-        while True:
-            record = await subscription.next_record()
-            if isinstance(record, Entry) and accept(record):
-                if record.event_type == hold_type:
-                    await asyncio.Event().wait()  # test hook: read, never sent
-                yield record
-                counters.delivered += 1
-            else:
-                counters.skipped += 1
-            self.ack(subscription, record)
+        return Deliveries(self, subscription, accept)
 
     def ack(self, subscription: Subscription, record: Record) -> None:
         """Record that `record` was written to the client (or skipped)."""
@@ -441,6 +430,51 @@ class Hub:
             self.available = True
 
 
+class Deliveries:
+    """A subscription's accepted entries, in order (`Hub.deliveries`).
+
+    An iterator object rather than an async generator: it runs once per event
+    per subscriber, and a plain coroutine call is the cheapest step asyncio has.
+    The entry handed out last is acknowledged (counted delivered, its group
+    marked to move) when the next one is asked for, that is after the caller
+    wrote it; entries the filter skips are acknowledged at once.
+    """
+
+    __slots__ = ("_accept", "_counters", "_hold_type", "_hub", "_last", "_subscription")
+
+    def __init__(self, hub: Hub, subscription: Subscription, accept: Accept) -> None:
+        self._hub = hub
+        self._subscription = subscription
+        self._accept = accept
+        self._counters = hub.counters.tenant(subscription.tenant_id)
+        self._hold_type = hub.config.hold_type
+        self._last: Entry | None = None
+
+    def __aiter__(self) -> Deliveries:
+        return self
+
+    async def __anext__(self) -> Entry:
+        subscription, counters = self._subscription, self._counters
+        written, self._last = self._last, None
+        if written is not None:
+            counters.delivered += 1
+            self._hub.ack(subscription, written)
+        while True:
+            record = await subscription.next_record()
+            if isinstance(record, Entry) and self._accept(record):
+                if record.event_type == self._hold_type:
+                    await asyncio.Event().wait()  # test hook: read, never sent
+                self._last = record
+                return record
+            counters.skipped += 1
+            self._hub.ack(subscription, record)
+
+    async def aclose(self) -> None:
+        """Nothing to release (the group belongs to `Hub.subscribe`); the last entry
+        handed out stays unacknowledged, as its write was never confirmed."""
+        self._last = None
+
+
 def _parse_after(after: str) -> tuple[int, int]:
     try:
         return keys.parse_stream_id(after)
@@ -476,4 +510,4 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-__all__ = ["ZERO_ID", "Accept", "Cursor", "Durable", "Hub", "HubConfig", "new_process_id"]
+__all__ = ["ZERO_ID", "Accept", "Cursor", "Deliveries", "Durable", "Hub", "HubConfig", "new_process_id"]

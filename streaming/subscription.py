@@ -59,7 +59,8 @@ class Subscription:
         self._tail = start
         self._tail_key = parse_stream_id(start)
         self._queue: deque[Record] = deque()
-        self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._waiter: asyncio.Future[None] | None = None  # while next_record waits (cheaper than an Event)
         self._behind = True
         self._error: StreamingError | None = None
         self._read_range = read_range
@@ -74,14 +75,17 @@ class Subscription:
 
     def offer(self, prev_key: tuple[int, int], records: Sequence[Record]) -> None:
         """Take a batch the reader read after `prev_key`; called without awaiting."""
-        if self._behind or self._error is not None:
+        if self._behind or self._error is not None or not records:
             return
         if prev_key > self._tail_key:
             self._fall_behind()
             return
-        fresh = [r for r in records if r.sort_key > self._tail_key]
-        if not fresh:
-            return
+        if records[0].sort_key > self._tail_key:  # the usual case: all of it is new
+            fresh = records
+        else:
+            fresh = [r for r in records if r.sort_key > self._tail_key]
+            if not fresh:
+                return
         if len(self._queue) + len(fresh) > self._buffer_limit:
             self._fall_behind()
             return
@@ -91,7 +95,7 @@ class Subscription:
         """End the subscription: its next read raises `error`."""
         if self._error is None:
             self._error = error
-        self._wake.set()
+        self._wake_up()
 
     async def next_record(self) -> Record:
         """The next record in stream order; waits for one."""
@@ -104,8 +108,11 @@ class Subscription:
             if self._behind:
                 await self._catch_up()
                 continue
-            self._wake.clear()
-            await self._wake.wait()
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
     def ack(self, record: Record) -> bool:
         """Mark `record` as written (or skipped); True when the cursor moved."""
@@ -137,8 +144,13 @@ class Subscription:
         self._queue.extend(records)
         self._tail = records[-1].id
         self._tail_key = records[-1].sort_key
-        self._wake.set()
+        self._wake_up()
+
+    def _wake_up(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _fall_behind(self) -> None:
         self._behind = True
-        self._wake.set()
+        self._wake_up()
