@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from graphql import GraphQLError
-from starlette.websockets import WebSocketDisconnect
+from starlette.types import Message
+from starlette.websockets import WebSocket, WebSocketDisconnect
 from strawberry.asgi import ASGIWebSocketAdapter
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http.exceptions import (
@@ -69,6 +70,18 @@ SOCKET_GONE = (RuntimeError, OSError, WebSocketDisconnect, WebSocketDisconnected
 
 class SlowConsumerError(Exception):
     """A frame could not be written within `slow_consumer_timeout`."""
+
+
+def asgi_send(websocket: WebSocket) -> Callable[[Message], Awaitable[None]]:
+    """The connection's ASGI `send`, for the per-event writes of the fast path.
+
+    Starlette's `send_text` checks the socket's state machine and maps OSError to
+    WebSocketDisconnect on every call, about a tenth of a delivery's cost; once the
+    socket is accepted neither is needed there (SOCKET_GONE covers OSError, and a
+    write after close fails in the server). Falls back to Starlette's own `send`
+    if a future Starlette no longer keeps the callable as `_send`."""
+    raw = getattr(websocket, "_send", None)
+    return raw if callable(raw) else websocket.send
 
 
 class GatewayWebSocketAdapter(ASGIWebSocketAdapter):
@@ -302,7 +315,7 @@ class TransportWSHandler(_ConnectionHooks, BaseGraphQLTransportWSHandler[Gateway
         A write pending longer than `slow_consumer_timeout` raises SlowConsumerError
         (the process's `WriteWatch` cancels it: no timer per write)."""
         head = f'{{"id":{orjson.dumps(operation.id).decode()},"type":"next","payload":'
-        send_text = self.websocket.ws.send_text
+        send = asgi_send(self.websocket.ws)
         watch = self.view.runtime.writes
         writer = watch.watch()
         clock = asyncio.get_running_loop().time
@@ -311,7 +324,7 @@ class TransportWSHandler(_ConnectionHooks, BaseGraphQLTransportWSHandler[Gateway
                 if operation.completed:  # the client completed it while we waited for this event
                     return
                 writer.since = clock()
-                await send_text(f"{head}{payload}}}")
+                await send({"type": "websocket.send", "text": f"{head}{payload}}}"})
                 writer.since = 0.0
         except asyncio.CancelledError:
             if stalled(writer):
