@@ -227,7 +227,9 @@ class NotifiedReader:
                 return
             if not self._dirty <= self._wanted:
                 return  # woken for a new stream: the hub reads again with it in `heads`
-            retry_at = [self._retry_at(key) for key in self._dirty - self._busy()]
+            # A stream whose node is being read waits for that read (it sets `_changed`):
+            # counting it as due would spin without ever letting the read finish.
+            retry_at = [self._retry_at(key) for key in self._dirty if self._node_name(key) not in self._inflight]
             if any(at <= now for at in retry_at):
                 return
             self._changed.clear()
@@ -239,8 +241,11 @@ class NotifiedReader:
         candidates = set(self._wanted) if self._everything else self._dirty & self._wanted
         self._everything = False
         now = time.monotonic()
-        busy = self._busy()
-        due = {key for key in candidates - busy if self._retry_at(key) <= now}
+        due = set()
+        for key in candidates:
+            name = self._node_name(key)
+            if name not in self._inflight and self._retry_at_node(name) <= now:
+                due.add(key)
         self._dirty = (self._dirty | candidates) - due
         return due
 
@@ -261,9 +266,6 @@ class NotifiedReader:
 
     def _finished(self) -> bool:
         return any(read.task.done() for read in self._inflight.values())
-
-    def _busy(self) -> set[str]:
-        return {key for read in self._inflight.values() for key in read.keys}
 
     def _collect(self, count: int) -> RawReply:
         """The replies of the node reads that finished; failed ones are marked for a retry."""
@@ -313,7 +315,10 @@ class NotifiedReader:
         return node.name if node is not None else "?"
 
     def _retry_at(self, key: str) -> float:
-        backoff = self._backoff.get(self._node_name(key))
+        return self._retry_at_node(self._node_name(key))
+
+    def _retry_at_node(self, name: str) -> float:
+        backoff = self._backoff.get(name)
         return backoff.retry_at if backoff is not None else 0.0
 
     def _pause(self, name: str, error: BaseException) -> None:

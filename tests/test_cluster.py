@@ -38,8 +38,9 @@ from helpers import (
     wait_until,
 )
 from streaming import keys
-from streaming.connections import parse_cluster_url
+from streaming.connections import node_url, open_cluster_reads, open_single, parse_cluster_url
 from streaming.publish import event_fields
+from streaming.readers import NotifiedReader
 
 pytestmark = pytest.mark.anyio
 DURABLE_QUERY = "subscription($durable: String) { events(durable: $durable) { id type } }"
@@ -473,3 +474,49 @@ def test_ragline_publish_and_token_accept_a_cluster_url(local_cluster: LocalClus
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=30, check=True,
     ).stdout.strip()
     assert token.count(".") == 2
+
+
+
+class _GatedReader(NotifiedReader):
+    """The real reader, whose node reads wait for `gate` first: a node read in flight."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(open_cluster_reads(url), lambda host, port: open_single(node_url(url, host, port)))
+        self.gate = asyncio.Event()
+
+    async def _read_node(self, name: str, keys: list[str], heads: dict[str, str], count: int) -> Any:
+        await self.gate.wait()
+        return await super()._read_node(name, keys, heads, count)
+
+
+async def test_a_stream_notified_while_its_node_is_being_read_waits_for_that_read(
+    local_cluster: LocalCluster,
+) -> None:
+    """Regression: the reader counted such a stream as due but could not start its read
+    (the node was busy), so it returned at once, forever, without letting the read in
+    flight finish: the event loop spun and every subscriber of the process starved."""
+    port = local_cluster.primary_ports()[0]
+    first, second = local_cluster.tenant_on(port), local_cluster.tenant_on(port)
+    producer = local_cluster.client()
+    ids = {t: publish(producer, t, "order_created", {"n": 1}) for t in (first, second)}
+    heads = {keys.events_key(first): "0-0", keys.events_key(second): "0-0"}
+    reader = _GatedReader(local_cluster.url)
+    try:
+        # The first stream's read is in flight; then the second stream (same node) is wanted.
+        assert await reader.read({keys.events_key(first): "0-0"}, 100, 2000) == []
+        await reader.wake(keys.events_key(second))
+        asyncio.get_running_loop().call_later(0.2, reader.gate.set)
+        got: dict[str, list[str]] = {}
+        for _ in range(20):  # spinning, these returned at once and the gate never opened
+            for key, entries in await asyncio.wait_for(reader.read(heads, 100, 2000), 5):
+                got[_text(key)] = [_text(entry_id) for entry_id, _ in entries]
+            if len(got) == 2:
+                break
+        assert got == {keys.events_key(first): [ids[first]], keys.events_key(second): [ids[second]]}
+    finally:
+        reader.gate.set()
+        await reader.aclose()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
