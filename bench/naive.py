@@ -4,7 +4,10 @@ Each subscription creates its own consumer group (at `$`), owns its own Redis
 connection, loops on a blocking XREADGROUP, and yields one event at a time so
 Strawberry runs a full GraphQL execution per event per subscriber; every entry
 is XACKed on its own after its frame was sent. This is the design the gateway
-is measured against (CONTRACT.md forbids it for the gateway itself).
+is measured against (CONTRACT.md forbids it for the gateway itself). On a
+Redis Cluster each subscription's client is a redis-py cluster client, as a
+straightforward implementation would use (it asks a node for XREADGROUP's
+keys, COMMAND GETKEYS, before every read).
 
 Run as `python -m bench.naive [--workers N]` with the RAGLINE_* variables.
 """
@@ -40,6 +43,7 @@ from bench.protocol import (
     verify_token,
 )
 from bench.refsettings import RefSettings, parse_workers, uvicorn_options
+from streaming.connections import AnyRedis, is_cluster_url, open_client, ping_all
 
 logger = logging.getLogger(__name__)
 
@@ -85,18 +89,25 @@ def event_from_entry(entry_id: str, fields: dict[str, str]) -> Event:
     )
 
 
+def own_client(url: str) -> AnyRedis:
+    """A subscription's own client: one connection, or a cluster client of its own."""
+    if is_cluster_url(url):
+        return open_client(url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT_S)
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=True,
+        single_connection_client=True,
+        socket_timeout=SOCKET_TIMEOUT_S,
+    )
+
+
 class GroupReader:
     """One subscription's private group and connection on its tenant's stream."""
 
     def __init__(self, tenant: str) -> None:
         self.key = stream_key(tenant)
         self.group = f"{events_group_prefix(tenant)}naive-{uuid.uuid4().hex}"
-        self.redis = aioredis.Redis.from_url(
-            SETTINGS.redis_url,
-            decode_responses=True,
-            single_connection_client=True,
-            socket_timeout=SOCKET_TIMEOUT_S,
-        )
+        self.redis = own_client(SETTINGS.redis_url)
 
     async def open(self) -> None:
         await self.redis.xgroup_create(self.key, self.group, id="$", mkstream=True)
@@ -184,7 +195,7 @@ class NaiveRouter(GraphQLRouter[dict[str, Any], None]):
 
 def create_app() -> FastAPI:
     """The FastAPI app: GraphQL at /graphql (graphql-transport-ws), /healthz, /readyz."""
-    probe = aioredis.Redis.from_url(SETTINGS.redis_url)
+    probe = open_client(SETTINGS.redis_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -204,7 +215,7 @@ def create_app() -> FastAPI:
     @app.get("/readyz")
     async def readyz() -> Response:
         try:
-            await probe.ping()
+            await ping_all(probe)
         except Exception:  # noqa: BLE001 - any failure means not ready
             return Response(status_code=503)
         return Response(status_code=200)

@@ -2,8 +2,10 @@
 
 Bursts go out through pipelines as fast as Redis takes them; the steady mode
 paces appends against the clock and reports how far it ever fell behind its
-schedule (its own bottleneck check). Every event's payload carries the phase
-name, so the clients count only what belongs to the phase being measured.
+schedule (its own bottleneck check). On a Redis Cluster the same pipelines go
+through redis-py's cluster client, which splits each into one per node and
+sends those concurrently. Every event's payload carries the phase name, so
+the clients count only what belongs to the phase being measured.
 Run as `python -m bench.publisher`; driven over stdin (bench.rpc).
 """
 
@@ -18,12 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
 from bench import rpc
 from bench.metrics import self_cpu_seconds
 from bench.protocol import BENCH_CLIENT_PREFIX, stream_key
 from bench.servers import raise_nofile_limit
+from streaming.connections import AnyRedis, open_client
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +61,10 @@ class Tally:
 
 
 class Publisher:
-    """One Redis connection appending to the tenants' streams."""
+    """One Redis connection (one per node on a cluster) appending to the tenants' streams."""
 
     def __init__(self) -> None:
-        self.redis: aioredis.Redis | None = None
+        self.redis: AnyRedis | None = None
         self.seq = 0
         self.trickle_task: asyncio.Task[Tally] | None = None
         self.trickle_stop = asyncio.Event()
@@ -129,7 +131,8 @@ PUBLISHER = Publisher()
 
 
 async def connect(url: str) -> dict[str, Any]:
-    PUBLISHER.redis = aioredis.Redis.from_url(url, client_name=f"{BENCH_CLIENT_PREFIX}publisher")
+    # Named on every node it connects to, so CLIENT LIST leaves it out.
+    PUBLISHER.redis = open_client(url, client_name=f"{BENCH_CLIENT_PREFIX}publisher")
     await PUBLISHER.redis.ping()
     return {"pid": os.getpid()}
 

@@ -1,15 +1,16 @@
 """Turning results into the JSON file, the chart, the printed tables and the target checks.
 
 Ratios are always taken between servers measured in the same invocation under
-the same load, which is what makes numbers from a noisy 2-core box usable.
+the same load and the same Redis topology, which is what makes numbers from a
+noisy 2-core box usable.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,16 +36,27 @@ class Check:
 
     def row(self) -> str:
         verdict = {True: "PASS", False: "FAIL", None: "n/a"}[self.passed]
-        return f"{verdict:<5} {self.name:<58} {_num(self.value):>10}  ({self.limit})"
+        return f"{verdict:<5} {self.name:<80} {_num(self.value):>10}  ({self.limit})"
 
 
-def cells(runs: Iterable[RunResult]) -> dict[tuple[int, int], dict[str, RunResult]]:
-    """Runs grouped by (subscribers, tenants), keyed by server."""
-    grouped: dict[tuple[int, int], dict[str, RunResult]] = defaultdict(dict)
+def cells(runs: list[RunResult]) -> dict[tuple[str, int, int], dict[str, RunResult]]:
+    """Runs grouped by (Redis topology, subscribers, tenants), keyed by server; topologies
+    in the order they ran, then by size."""
+    grouped: dict[tuple[str, int, int], dict[str, RunResult]] = defaultdict(dict)
     for run in runs:
         if run.error is None:
-            grouped[(run.subs, run.tenants)][run.server] = run
-    return dict(grouped)
+            grouped[(run.redis, run.subs, run.tenants)][run.server] = run
+    order = topologies(runs)
+    return dict(sorted(grouped.items(), key=lambda item: (order.index(item[0][0]), item[0][1:])))
+
+
+def topologies(runs: list[RunResult]) -> list[str]:
+    """The Redis topologies of the runs, in the order they ran."""
+    return list(dict.fromkeys(run.redis for run in runs))
+
+
+def cell_name(subs: int, tenants: int, redis: str) -> str:
+    return f"{subs} subs / {tenants} tenants, {redis}"
 
 
 def _burst(run: RunResult | None) -> float | None:
@@ -56,15 +68,16 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def ratios(runs: list[RunResult]) -> list[dict[str, Any]]:
-    """Each non-reference server against naive and ceiling, per matrix cell."""
+    """Each non-reference server against naive and ceiling, per matrix cell and topology."""
     rows = []
-    for (subs, tenants), by_server in sorted(cells(runs).items()):
+    for (redis, subs, tenants), by_server in cells(runs).items():
         naive, ceiling = by_server.get("naive"), by_server.get("ceiling")
         for name, run in by_server.items():
             if name in REFERENCES and not (name == "ceiling" and len(by_server) == 2 and naive):
                 continue
             rows.append(
                 {
+                    "redis": redis,
                     "subs": subs,
                     "tenants": tenants,
                     "server": name,
@@ -87,7 +100,7 @@ def checks(results: ScenarioResults, subject: str) -> list[Check]:
     runs = [r for r in results.throughput if r.server == subject and r.error is None]
     out: list[Check] = []
     for row in (r for r in ratios(results.throughput) if r["server"] == subject):
-        cell = f"{row['subs']} subs / {row['tenants']} tenants"
+        cell = cell_name(row["subs"], row["tenants"], row["redis"])
         out.append(_at_least(f"throughput vs naive, {cell}", row["throughput_vs_naive"], 5.0))
         out.append(_at_least(f"throughput vs ceiling, {cell}", row["throughput_vs_ceiling"], 0.5))
         out.append(
@@ -96,7 +109,7 @@ def checks(results: ScenarioResults, subject: str) -> list[Check]:
             )
         )
     for run in runs:
-        cell = f"{run.subs} subs / {run.tenants} tenants"
+        cell = cell_name(run.subs, run.tenants, run.redis)
         out.append(
             _at_most(
                 f"losses+dups+reorders, {cell}",
@@ -112,13 +125,17 @@ def checks(results: ScenarioResults, subject: str) -> list[Check]:
         )
         out.append(
             _at_most(
-                f"Redis connections per process, {cell}", run.redis_connections_per_process, 10.0
+                f"Redis connections per process and primary, {cell}",
+                run.redis_connections_per_process / run.redis_primaries,
+                10.0,
             )
         )
     for idle in (i for i in results.idle if i["server"] == subject):
         out.append(
             _at_most(
-                f"RSS KB per idle subscription ({idle['subs']} subs)", idle["rss_per_sub_kb"], 30.0
+                f"RSS KB per idle subscription ({idle['subs']} subs, {idle['redis']})",
+                idle["rss_per_sub_kb"],
+                30.0,
             )
         )
     for stalled in (s for s in results.stalled if s["server"] == subject):
@@ -126,7 +143,7 @@ def checks(results: ScenarioResults, subject: str) -> list[Check]:
     for churn in (c for c in results.churn if c["server"] == subject):
         out.append(
             _at_most(
-                "groups left after churn (end - start)",
+                f"groups left after churn (end - start), {churn['redis']}",
                 float(churn["end"]["groups"] - churn["start"]["groups"]),
                 0.0,
             )
@@ -136,13 +153,13 @@ def checks(results: ScenarioResults, subject: str) -> list[Check]:
             if churn["start"]["rss_mb"]
             else None
         )
-        out.append(_at_most("RSS growth after churn (%)", growth, 5.0))
+        out.append(_at_most(f"RSS growth after churn (%), {churn['redis']}", growth, 5.0))
     return out
 
 
 def _stalled_check(stalled: dict[str, Any], limit: float = 10.0) -> Check:
     """A change smaller than the run's own noise (two baseline bursts apart) proves nothing."""
-    name = "healthy throughput change with 5% stalled (%)"
+    name = f"healthy throughput change with 5% stalled (%), {stalled['redis']}"
     change, noise = stalled["change"], stalled["noise"]
     value = None if change is None else abs(change) * 100
     if value is None or noise is None or noise * 100 >= limit:
@@ -174,14 +191,16 @@ def _num(value: float | None, digits: int = 2) -> str:
 def throughput_table(runs: list[RunResult]) -> str:
     """One line per run: the issue's per-run numbers."""
     head = (
-        f"{'server':<9} {'subs':>6} {'ten':>4} {'deliv/s':>9} {'p50ms':>7} {'p99ms':>7} {'maxms':>7} "
+        f"{'server':<9} {'redis':<17} {'subs':>6} {'ten':>4} {'deliv/s':>9} "
+        f"{'p50ms':>7} {'p99ms':>7} {'maxms':>7} "
         f"{'lost':>5} {'cpu/1k':>7} {'cmd/dl':>7} {'rconn':>6} {'KB/sub':>7} {'load%':>9} {'st.rate':>8}"
     )
     lines = [head, "-" * len(head)]
     for run in runs:
         if run.error:
             lines.append(
-                f"{run.server:<9} {run.subs:>6} {run.tenants:>4}  FAILED: {run.error[:80]}"
+                f"{run.server:<9} {run.redis:<17} {run.subs:>6} {run.tenants:>4}"
+                f"  FAILED: {run.error[:80]}"
             )
             continue
         burst, steady = run.phases.get("burst"), run.phases.get("steady")
@@ -189,7 +208,8 @@ def throughput_table(runs: list[RunResult]) -> str:
             continue
         loaders = "/".join("-" if u is None else f"{u * 100:.0f}" for u in burst.loader_cpu_util)
         lines.append(
-            f"{run.server:<9} {run.subs:>6} {run.tenants:>4} {_num(burst.throughput):>9} "
+            f"{run.server:<9} {run.redis:<17} {run.subs:>6} {run.tenants:>4} "
+            f"{_num(burst.throughput):>9} "
             f"{_num(steady.p50_ms, 1):>7} {_num(steady.p99_ms, 1):>7} {_num(steady.max_ms, 1):>7} "
             f"{run.losses:>5} {_num(_cpu_per_1k(run), 3):>7} {_num(run.total_cmds_per_delivery(), 3):>7} "
             f"{_num(run.redis_connections_per_process, 0):>6} {_num(run.rss_per_sub_kb, 1):>7} "
@@ -205,15 +225,50 @@ def _cpu_per_1k(run: RunResult) -> float | None:
 
 
 def ratio_table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'subs':>6} {'ten':>4} {'server':<9} {'vs naive':>9} {'vs ceiling':>11} {'cmds vs naive':>14} {'ceiling faster':>15}"
+    head = (
+        f"{'redis':<17} {'subs':>6} {'ten':>4} {'server':<9} {'vs naive':>9} {'vs ceiling':>11}"
+        f" {'cmds vs naive':>14} {'ceiling faster':>15}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['subs']:>6} {r['tenants']:>4} {r['server']:<9} {_num(r['throughput_vs_naive']):>9} "
+            f"{r['redis']:<17} {r['subs']:>6} {r['tenants']:>4} {r['server']:<9}"
+            f" {_num(r['throughput_vs_naive']):>9} "
             f"{_num(r['throughput_vs_ceiling']):>11} {_num(r['cmds_per_delivery_vs_naive'], 3):>14} "
             f"{r['ceiling_faster']!s:>15}"
         )
     return "\n".join(lines)
+
+
+def topology_table(runs: list[RunResult]) -> str:
+    """Each server and size on each Redis topology side by side: burst deliveries/s, steady
+    p99 and Redis commands per delivery; empty when only one topology ran."""
+    labels = topologies(runs)
+    if len(labels) < 2:
+        return ""
+    grid: dict[tuple[str, int, int], dict[str, RunResult]] = defaultdict(dict)
+    for (redis, subs, tenants), by_server in cells(runs).items():
+        for server, run in by_server.items():
+            grid[(server, subs, tenants)][redis] = run
+    names = "".join(f" | {label:<25}" for label in labels)
+    head = f"{'server':<9} {'subs':>6} {'ten':>4}" + (
+        f" | {'deliv/s':>9} {'p99ms':>7} {'cmd/dl':>7}" * len(labels)
+    )
+    lines = [" " * 21 + names, head, "-" * len(head)]
+    for (server, subs, tenants), by_redis in grid.items():
+        row = "".join(f" | {_topology_cell(by_redis.get(label))}" for label in labels)
+        lines.append(f"{server:<9} {subs:>6} {tenants:>4}{row}")
+    return "\n".join(lines)
+
+
+def _topology_cell(run: RunResult | None) -> str:
+    steady = run.phases.get("steady") if run else None
+    if run is None or steady is None:
+        return f"{'-':>9} {'-':>7} {'-':>7}"
+    return (
+        f"{_num(_burst(run)):>9} {_num(steady.p99_ms, 1):>7}"
+        f" {_num(run.total_cmds_per_delivery(), 3):>7}"
+    )
 
 
 def scenario_tables(results: ScenarioResults) -> str:
@@ -221,7 +276,7 @@ def scenario_tables(results: ScenarioResults) -> str:
     lines = []
     for i in results.idle:
         lines.append(
-            f"idle    {i['server']:<9} subs={i['subs']} opened={i['connect']['opened']} "
+            f"idle    {i['server']:<9} {i['redis']:<17} subs={i['subs']} opened={i['connect']['opened']} "
             f"never_primed={i['connect'].get('never_primed', 0)} "
             f"KB/sub={_num(i['rss_per_sub_kb'], 1)} rconn/proc={_num(i['redis_connections_per_process'], 0)} "
             f"groups={i['groups']} groups_after_close={i['groups_after_close']} "
@@ -231,14 +286,14 @@ def scenario_tables(results: ScenarioResults) -> str:
         change = None if s["change"] is None else s["change"] * 100
         noise = None if s["noise"] is None else s["noise"] * 100
         lines.append(
-            f"stalled {s['server']:<9} subs={s['subs']} stalled={s['stalled']} "
+            f"stalled {s['server']:<9} {s['redis']:<17} subs={s['subs']} stalled={s['stalled']} "
             f"healthy {_num(s['healthy_throughput_before'])} -> {_num(s['healthy_throughput_after'])} deliv/s "
             f"change={_num(change, 1)}% (noise {_num(noise, 1)}%) losses={s['healthy_losses']} "
             f"p99_after={_num(s['healthy_p99_ms_after'], 1)}ms rss {s['rss_start_mb']:.0f}->{s['rss_end_mb']:.0f} MB"
         )
     for c in results.churn:
         lines.append(
-            f"churn   {c['server']:<9} cycles={c['cycles']} ok={c['ok']} failed={c['failed']} "
+            f"churn   {c['server']:<9} {c['redis']:<17} cycles={c['cycles']} ok={c['ok']} failed={c['failed']} "
             f"{_num(c['cycles_per_s'], 0)}/s groups {c['start']['groups']}->{c['end']['groups']} "
             f"rss {c['start']['rss_mb']:.1f}->{c['end']['rss_mb']:.1f} MB "
             f"rconn {c['start']['redis_connections']}->{c['end']['redis_connections']}"
@@ -260,13 +315,13 @@ def _gauge_totals(gauges: dict[str, float]) -> dict[str, float]:
 
 
 def write_chart(runs: list[RunResult], path: Path) -> bool:
-    """Burst throughput and steady p99 against subscriber count, one line per server and tenant count."""
+    """Burst throughput and steady p99 against subscriber count, one line per server, tenant
+    count and Redis topology (a marker per topology)."""
     series: dict[str, list[RunResult]] = defaultdict(list)
     for run in runs:
         if run.error is None and "burst" in run.phases:
-            series[f"{run.server}, {run.tenants} tenant{'s' if run.tenants > 1 else ''}"].append(
-                run
-            )
+            tenants = f"{run.tenants} tenant{'s' if run.tenants > 1 else ''}"
+            series[f"{run.server}, {tenants}, {run.redis}"].append(run)
     if not series:
         return False
     import matplotlib
@@ -277,18 +332,20 @@ def write_chart(runs: list[RunResult], path: Path) -> bool:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     servers = sorted({points[0].server for points in series.values()})
     colors = {name: f"C{i}" for i, name in enumerate(servers)}  # one colour per server
+    markers = dict(zip(topologies(runs), itertools.cycle("os^Dv")))  # one per topology
     for label, points in sorted(series.items()):
         points.sort(key=lambda r: r.subs)
         subs = [r.subs for r in points]
         style = colors[points[0].server] + ("--" if points[0].tenants > 1 else "-")
+        marker = markers[points[0].redis]
         left.plot(
-            subs, [r.phases["burst"].throughput for r in points], style, marker="o", label=label
+            subs, [r.phases["burst"].throughput for r in points], style, marker=marker, label=label
         )
         right.plot(
             subs,
             [r.phases["steady"].p99_ms or float("nan") for r in points],
             style,
-            marker="o",
+            marker=marker,
             label=label,
         )
     for axis, title, unit in (
@@ -338,6 +395,12 @@ def print_summary(results: ScenarioResults, subject: str) -> None:
         if rows:
             print("\nRatios (burst throughput; same load, same invocation)\n")
             print(ratio_table(rows))
+        side_by_side = topology_table(results.throughput)
+        if side_by_side:
+            print(
+                "\nBy Redis topology (burst deliveries/s, steady p99 ms, Redis commands/delivery)\n"
+            )
+            print(side_by_side)
         busy = [
             r
             for r in results.throughput

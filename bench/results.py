@@ -134,6 +134,8 @@ class RunResult:
     phases: dict[str, PhaseResult] = field(default_factory=dict)
     groups_after_close: int | None = None
     error: str | None = None
+    redis: str = "single"  # the topology's label (meta.redis in the JSON describes it)
+    redis_primaries: int = 1  # redis_connections span them all; the target is per primary
 
     @property
     def losses(self) -> int:

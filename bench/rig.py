@@ -21,14 +21,8 @@ from bench.config import BenchConfig
 from bench.metrics import ProcessTree, RedisMonitor
 from bench.results import PhaseInputs, PhaseResult, summarize_phase
 from bench.rpc import HelperProcess
-from bench.servers import (
-    RedisServer,
-    TargetServer,
-    TargetSpec,
-    bench_env,
-    start_target,
-    stop_target,
-)
+from bench.servers import TargetServer, TargetSpec, bench_env, start_target, stop_target
+from bench.topology import Topology, redis_executable, redis_running
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +31,11 @@ PRIME_INTERVAL_S = 0.25
 
 @dataclass
 class Rig:
-    """Long-lived processes shared by every run of one invocation."""
+    """Long-lived processes shared by every run on one Redis topology."""
 
     config: BenchConfig
-    redis: RedisServer
+    topology: Topology
+    redis_url: str
     monitor: RedisMonitor
     publisher: HelperProcess
     loaders: list[HelperProcess]
@@ -56,7 +51,7 @@ class Rig:
         """A fresh target on an empty Redis; stopped however the run ends."""
         await self.monitor.flush()
         server = await start_target(
-            spec, self.config.workers, self.redis.url, self.secret, self.log_dir, label
+            spec, self.config.workers, self.redis_url, self.secret, self.log_dir, label
         )
         try:
             yield server
@@ -230,33 +225,31 @@ def plan_subscriptions(
 
 
 @contextlib.asynccontextmanager
-async def build_rig(
-    config: BenchConfig, redis_executable: str, log_dir: Path
-) -> AsyncIterator[Rig]:
-    """Start Redis, the publisher and the load processes; stop them all at the end."""
-    redis = RedisServer(redis_executable, log_dir)
-    redis.start()
-    helpers: list[HelperProcess] = []
-    monitor = RedisMonitor(redis.url)
-    try:
-        env = bench_env()
-        publisher = await HelperProcess.start(
-            "publisher", "bench.publisher", log_dir / "publisher.log", env
-        )
-        helpers.append(publisher)
-        await publisher.call("connect", url=redis.url)
-        for i in range(config.loaders):
-            loader = await HelperProcess.start(
-                f"load{i}", "bench.load", log_dir / f"load{i}.log", env
+async def build_rig(config: BenchConfig, topology: Topology, log_dir: Path) -> AsyncIterator[Rig]:
+    """Start Redis (unless external), the publisher and the load processes; stop them all at the end."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with redis_running(topology, redis_executable(config.redis_server), log_dir) as redis_url:
+        monitor = await RedisMonitor.connect(redis_url)
+        helpers: list[HelperProcess] = []
+        try:
+            env = bench_env()
+            publisher = await HelperProcess.start(
+                "publisher", "bench.publisher", log_dir / "publisher.log", env
             )
-            helpers.append(loader)
-            await loader.call("hello")
-        yield Rig(config, redis, monitor, publisher, helpers[1:], secrets.token_hex(32), log_dir)
-    finally:
-        for helper in helpers:
-            await helper.stop()
-        await monitor.close()
-        redis.stop()
+            helpers.append(publisher)
+            await publisher.call("connect", url=redis_url)
+            for i in range(config.loaders):
+                loader = await HelperProcess.start(
+                    f"load{i}", "bench.load", log_dir / f"load{i}.log", env
+                )
+                helpers.append(loader)
+                await loader.call("hello")
+            secret = secrets.token_hex(32)
+            yield Rig(config, topology, redis_url, monitor, publisher, helpers[1:], secret, log_dir)
+        finally:
+            for helper in helpers:
+                await helper.stop()
+            await monitor.close()
 
 
 def _fmt(value: float | None) -> str:

@@ -74,6 +74,8 @@ async def throughput_run(rig: Rig, spec: TargetSpec, subs: int, tenant_count: in
             rss_per_sub_kb=(rss_subs - rss_base) / max(connect["opened"], 1) / 1024,
             redis_connections=connections,
             redis_connections_per_process=connections / server.workers,
+            redis=rig.topology.label,
+            redis_primaries=len(rig.monitor.primaries),
         )
         events = burst_events(rig, subs)
         burst = await rig.burst(tree, "burst", tenants, events, rig.config.payload_bytes)

