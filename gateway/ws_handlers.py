@@ -231,8 +231,10 @@ class TransportWSHandler(_ConnectionHooks, BaseGraphQLTransportWSHandler[Gateway
         if plan is None:
             await super().handle_subscribe(message)  # Strawberry's path: its errors and close codes
             return
+        # The plan's query and variables (shared by every subscriber of the plan), not the
+        # message's: the decoded message is then freed.
         operation: Operation[GatewayContext, None] = Operation(
-            self, operation_id, payload["query"], payload.get("variables"), payload.get("operationName")
+            self, operation_id, plan.key[0], plan.variables, plan.operation_name
         )
         operation.task = asyncio.create_task(self._run_shared(operation, plan))
         operation.task.add_done_callback(self._task_done)

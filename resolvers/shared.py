@@ -49,13 +49,15 @@ _ROOTS: dict[str, tuple[str, Callable[[Entry], Any]]] = {
 }
 RENDER_CACHE_SIZE = 2048
 DOCUMENT_CACHE_SIZE = 256
+PLAN_CACHE_SIZE = 1024
+PlanKey = tuple[str, str | None, bytes]  # (query, operation name, variables as sorted JSON)
 
 
 @dataclass(frozen=True)
 class SharedPlan:
     """A subscription the transport may run through a cohort."""
 
-    key: tuple[str, str | None, bytes]     # (query, operation name, variables)
+    key: PlanKey
     document: DocumentNode
     operation_name: str | None
     variables: dict[str, Any]              # as sent; execute() coerces them
@@ -117,7 +119,8 @@ class Planner:
         self._rules = rules
         self._max_tokens = max_tokens
         self._documents: OrderedDict[str, DocumentNode | None] = OrderedDict()
-        self._cohorts: dict[tuple[str, tuple[str, str | None, bytes]], Cohort] = {}
+        self._plans: OrderedDict[PlanKey, SharedPlan | None] = OrderedDict()
+        self._cohorts: dict[tuple[str, PlanKey], Cohort] = {}
 
     def plan(self, query: object, variables: object, operation_name: object) -> SharedPlan | None:
         """A plan, or None: the caller then takes Strawberry's path, which reports any error."""
@@ -127,13 +130,30 @@ class Planner:
             variables = {}
         if not isinstance(variables, dict):
             return None
+        try:
+            key = (query, operation_name, orjson.dumps(variables, option=orjson.OPT_SORT_KEYS))
+        except TypeError:  # e.g. an integer beyond 64 bits: Strawberry's path says what is wrong
+            return None
+        # One plan per distinct subscription, shared by its subscribers: a plan and its
+        # compiled projection are kilobytes, and thousands of sockets send the same one.
+        if key in self._plans:
+            self._plans.move_to_end(key)
+            return self._plans[key]
+        plan = self._plan(key, variables)
+        self._plans[key] = plan
+        if len(self._plans) > PLAN_CACHE_SIZE:
+            self._plans.popitem(last=False)
+        return plan
+
+    def _plan(self, key: PlanKey, variables: dict[str, Any]) -> SharedPlan | None:
+        query, operation_name, _ = key
         document = self._document(query)
         if document is None:
             return None
         operation = get_operation_ast(document, operation_name)
         if operation is None or operation.operation != OperationType.SUBSCRIPTION:
             return None
-        return self._plan_operation(query, document, operation, variables, operation_name)
+        return self._plan_operation(key, document, operation, variables)
 
     def join(self, tenant_id: str, plan: SharedPlan) -> Cohort:
         cohort = self._cohorts.get((tenant_id, plan.key))
@@ -166,12 +186,7 @@ class Planner:
         return document
 
     def _plan_operation(
-        self,
-        query: str,
-        document: DocumentNode,
-        operation: OperationDefinitionNode,
-        variables: dict[str, Any],
-        operation_name: str | None,
+        self, key: PlanKey, document: DocumentNode, operation: OperationDefinitionNode, variables: dict[str, Any]
     ) -> SharedPlan | None:
         selections = operation.selection_set.selections
         if len(selections) != 1 or not isinstance(selections[0], FieldNode) or selections[0].directives:
@@ -188,8 +203,7 @@ class Planner:
             arguments = get_argument_values(subscription_type.fields[node.name.value], node, coerced)
         except GraphQLError:
             return None
-        key = (query, operation_name, orjson.dumps(variables, option=orjson.OPT_SORT_KEYS))
-        return SharedPlan(key, document, operation_name, variables, node.name.value, arguments, compile_projection(node))
+        return SharedPlan(key, document, key[1], variables, node.name.value, arguments, compile_projection(node))
 
 
 async def open_shared(context: GatewayContext, planner: Planner, plan: SharedPlan) -> DeliveryStream[str]:

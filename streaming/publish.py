@@ -26,7 +26,7 @@ def event_fields(
     if keys.EVENT_TYPE_PATTERN.fullmatch(event_type) is None:
         raise ValueError(f"Invalid event type {event_type!r}: expected [a-z][a-z0-9_.:-]{{0,63}}")
     if not isinstance(payload, dict):
-        raise ValueError("The payload must be a JSON object")
+        raise ValueError("The payload must be a JSON object")  # noqa: TRY004 (callers catch ValueError for bad input)
     fields = {"event_type": event_type, "tenant_id": tenant_id, "payload": orjson.dumps(payload).decode()}
     if event_id:
         fields["event_id"] = event_id
