@@ -15,7 +15,7 @@ from gateway.limits import planner_options, schema_extensions
 from gateway.metrics import registry_for
 from gateway.runtime import Runtime
 from gateway.settings import Settings, load_settings
-from gateway.transport import GatewayRouter
+from gateway.transport import GatewayRouter, GraphQLWebSockets
 from schema.root import build_schema
 
 
@@ -42,7 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     extensions = schema_extensions(runtime.settings)  # query depth, tokens, aliases, introspection
     graphql_router = GatewayRouter(build_schema(extensions), runtime, planner_options(extensions))
     app.state.planner = graphql_router.planner
-    app.include_router(graphql_router)
+    app.include_router(graphql_router)  # HTTP; its WebSockets skip FastAPI's routing:
+    app.add_middleware(GraphQLWebSockets, router=graphql_router)
     app.include_router(health_router)
     if runtime.settings.graphiql:
         mount_graphiql_assets(app)

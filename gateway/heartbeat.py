@@ -15,10 +15,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 
 
 class Heartbeat:
-    """Pings every `interval`; calls `on_timeout` once if a pong is late, then stops."""
+    """Pings every `interval`; calls `on_timeout` once if a pong is late, then stops.
+
+    Loop timers, not a task per connection: a sleeping task with its coroutine
+    and an Event cost about 3 KB per idle socket. A task exists only while a
+    ping is being written or a timeout is being handled.
+    """
 
     def __init__(
         self,
@@ -31,21 +37,45 @@ class Heartbeat:
         self.timeout = timeout
         self._send_ping = send_ping
         self._on_timeout = on_timeout
-        self._pong = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._waiting = False  # a ping is out and its pong has not come
+
+    def start(self) -> None:
+        self._timer = self._loop.call_later(self.interval, self._ping)
 
     def pong(self) -> None:
         """The client answered the ping in flight."""
-        self._pong.set()
+        if self._waiting and self._timer is not None:
+            self._waiting = False
+            self._timer.cancel()
+            self._timer = self._loop.call_later(self.interval, self._ping)
 
-    async def run(self) -> None:
-        """Until cancelled, or until a ping goes unanswered."""
-        while True:
-            await asyncio.sleep(self.interval)
-            self._pong.clear()
-            try:
-                async with asyncio.timeout(self.timeout):
-                    await self._send_ping()
-                    await self._pong.wait()
-            except TimeoutError:
-                await self._on_timeout()
-                return
+    async def stop(self) -> None:
+        """No more pings; a ping being written or a timeout being handled is cancelled."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+    def _ping(self) -> None:
+        # The timeout runs from here: a ping that cannot even be written (the peer
+        # stopped reading, the buffers are full) times out as a missing pong does.
+        self._waiting = True
+        self._timer = self._loop.call_later(self.timeout, self._expired)
+        self._task = self._loop.create_task(self._write_ping())
+
+    async def _write_ping(self) -> None:
+        await self._send_ping()
+
+    def _expired(self) -> None:
+        self._timer = None
+        self._waiting = False
+        if self._task is not None:
+            self._task.cancel()  # a ping still being written
+        self._task = self._loop.create_task(self._on_timeout())

@@ -179,16 +179,14 @@ class TransportWSHandler(_ConnectionHooks, BaseGraphQLTransportWSHandler[Gateway
     subscriptions that allow it (resolvers.shared)."""
 
     _heartbeat: Heartbeat | None = None
-    _heartbeat_task: asyncio.Task[None] | None = None
 
     async def serve(self) -> None:
         await BaseGraphQLTransportWSHandler.handle(self)
 
     async def shutdown(self) -> None:
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-            with suppress(asyncio.CancelledError, *SOCKET_GONE):
-                await self._heartbeat_task
+        if self._heartbeat is not None:
+            with suppress(*SOCKET_GONE):
+                await self._heartbeat.stop()
         await super().shutdown()
 
     async def handle_message(self, message: Any) -> None:
@@ -206,7 +204,11 @@ class TransportWSHandler(_ConnectionHooks, BaseGraphQLTransportWSHandler[Gateway
         except ConnectionRefused as refused:
             await self.refuse_connection(refused)
             return
-        if self.connection_acknowledged and self._heartbeat_task is None:
+        finally:
+            # Strawberry cancelled its init-timeout task but keeps it, and with it the
+            # CancelledError and frames (~2.5 KB per socket): let it go.
+            self.connection_init_timeout_task = None
+        if self.connection_acknowledged and self._heartbeat is None:
             self._start_heartbeat()
 
     async def handle_pong(self, message: PongMessage) -> None:
@@ -274,7 +276,7 @@ class TransportWSHandler(_ConnectionHooks, BaseGraphQLTransportWSHandler[Gateway
         if settings.ping_interval <= 0:
             return
         self._heartbeat = Heartbeat(settings.ping_interval, settings.ping_timeout, self._ping, self._ping_timed_out)
-        self._heartbeat_task = asyncio.create_task(self._heartbeat.run())
+        self._heartbeat.start()
 
     async def _ping(self) -> None:
         with suppress(*SOCKET_GONE):  # a socket that is gone sends no pong either: it times out

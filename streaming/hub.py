@@ -130,6 +130,7 @@ class Hub:
                 await opening
                 await self._abandon_group(tenant_id, group, owner)
             raise
+        del opening  # the finished task would otherwise live as long as the subscription
         # From here to the `try`, no await: the feed cannot end before we are in it.
         feed, created = self._join_feed(tenant_id, head)
         subscription = Subscription(
@@ -268,7 +269,7 @@ class Hub:
         if older is not None:
             older.fail(DurableTakenOver("A newer subscription took over this durable cursor"))
             with suppress(TimeoutError):
-                await asyncio.wait_for(older.closed.wait(), self.config.takeover_wait)
+                await asyncio.wait_for(older.wait_closed(), self.config.takeover_wait)
         await self.store.claim_durable(tenant_id, group, owner)
 
     async def _open_group(self, tenant_id: str, group: str, cursor: Cursor) -> str:
@@ -301,7 +302,7 @@ class Hub:
         finally:
             if self._durables.get((tenant_id, group)) is subscription:
                 del self._durables[(tenant_id, group)]
-            subscription.closed.set()
+            subscription.mark_closed()
 
     # -- the shared reader ----------------------------------------------------
 

@@ -49,7 +49,8 @@ class Subscription:
     ) -> None:
         self.feed = feed
         self.owner = owner  # set for durable subscriptions: the claim on the name
-        self.closed = asyncio.Event()
+        self._closed: asyncio.Future[None] | None = None  # made only when someone waits (a takeover)
+        self.is_closed = False
         self.closing = False  # set when the hub starts releasing the group
         self.tenant_id = feed.tenant_id
         self.group = group
@@ -58,7 +59,7 @@ class Subscription:
         self.unacked = 0
         self._tail = start
         self._tail_key = parse_stream_id(start)
-        self._queue: deque[Record] = deque()
+        self._queue: deque[Record] | None = None  # made on first use: an empty deque is ~0.7 KB
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None  # while next_record waits (cheaper than an Event)
         self._behind = True
@@ -71,7 +72,20 @@ class Subscription:
     @property
     def pending(self) -> int:
         """Entries read for this subscription and not yet written (or skipped)."""
-        return len(self._queue) + self.unacked
+        return (len(self._queue) if self._queue else 0) + self.unacked
+
+    def mark_closed(self) -> None:
+        """The hub released the group (and flushed a durable cursor)."""
+        self.is_closed = True
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+
+    async def wait_closed(self) -> None:
+        if self.is_closed:
+            return
+        if self._closed is None:
+            self._closed = self._loop.create_future()
+        await asyncio.shield(self._closed)  # a waiter giving up must not cancel it for others
 
     def offer(self, prev_key: tuple[int, int], records: Sequence[Record]) -> None:
         """Take a batch the reader read after `prev_key`; called without awaiting."""
@@ -86,7 +100,7 @@ class Subscription:
             fresh = [r for r in records if r.sort_key > self._tail_key]
             if not fresh:
                 return
-        if len(self._queue) + len(fresh) > self._buffer_limit:
+        if (len(self._queue) if self._queue else 0) + len(fresh) > self._buffer_limit:
             self._fall_behind()
             return
         self._append(fresh)
@@ -104,7 +118,10 @@ class Subscription:
                 raise self._error
             if self._queue:
                 self.unacked += 1
-                return self._queue.popleft()
+                record = self._queue.popleft()
+                if not self._queue:
+                    self._queue = None
+                return record
             if self._behind:
                 await self._catch_up()
                 continue
@@ -141,7 +158,10 @@ class Subscription:
             self._behind = False
 
     def _append(self, records: Sequence[Record]) -> None:
-        self._queue.extend(records)
+        if self._queue is None:
+            self._queue = deque(records)
+        else:
+            self._queue.extend(records)
         self._tail = records[-1].id
         self._tail_key = records[-1].sort_key
         self._wake_up()
