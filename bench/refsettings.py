@@ -10,6 +10,8 @@ import argparse
 import os
 from dataclasses import dataclass
 
+from gateway.wsprotocol import websocket_options
+
 
 @dataclass(frozen=True)
 class RefSettings:
@@ -46,7 +48,7 @@ def uvicorn_options(settings: RefSettings, workers: int) -> dict[str, object]:
         "workers": workers,
         "log_level": "warning",
         "access_log": False,
-        "ws_per_message_deflate": False,
+        **websocket_options(),  # the gateway's transport: uvicorn's sans-I/O protocol, lighter
         "backlog": 4096,
         "lifespan": "on",
     }

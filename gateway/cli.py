@@ -91,6 +91,8 @@ def serve_command(settings: Settings, args: argparse.Namespace) -> int:
 
     from app import create_app
 
+    from .wsprotocol import websocket_options
+
     settings = settings.with_overrides(
         host=args.host or settings.host,
         port=args.port or settings.port,
@@ -108,7 +110,7 @@ def serve_command(settings: Settings, args: argparse.Namespace) -> int:
         "host": settings.host,
         "port": settings.port,
         "log_config": log_config(settings.log_level, settings.log_format),
-        "ws_per_message_deflate": False,
+        **websocket_options(),  # uvicorn's sans-I/O protocol, lighter per connection; no deflate
         "ws_max_size": settings.max_frame_bytes,  # uvicorn's default is 16 MB
         "timeout_graceful_shutdown": max(1, int(settings.shutdown_timeout)),
     }

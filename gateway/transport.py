@@ -118,6 +118,7 @@ class GatewayRouter(HTTPSubscriptions, GraphQLRouter[GatewayContext, None]):
             raise ConnectionRejectionError({"message": "Forbidden"}) from None
         self.connection_limits.acquire(principal)
         context.principal = principal
+        context.connection_params = None  # read: the token need not stay in memory
         TENANT.set(principal.tenant_id)  # this socket's logs
         assert context.hub is not None
         context.hub.counters.tenant(principal.tenant_id).connections += 1

@@ -9,6 +9,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -21,6 +22,7 @@ from app import create_app
 from gateway.embedded import free_port
 from gateway.server import DrainingServer
 from gateway.settings import Settings
+from gateway.wsprotocol import websocket_options
 from streaming import keys
 from streaming.connections import AnyRedis, is_cluster_url, open_client, parse_cluster_url
 
@@ -85,7 +87,7 @@ class GatewayServer:
         self.settings = settings.with_overrides(port=self.port)
         self.app = create_app(self.settings)
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_config=None, ws_per_message_deflate=False,
+            self.app, host="127.0.0.1", port=self.port, log_config=None, **websocket_options(),
             ws_max_size=self.settings.max_frame_bytes,  # as `ragline serve` sets it
             loop="asyncio",  # uvloop cannot close cleanly in a non-main thread; the CLI tests run it
         )
@@ -298,7 +300,7 @@ class GatewayProcess:
             except httpx.HTTPError:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(open(self.log_path).read())
+                raise RuntimeError(Path(self.log_path).read_text())
             time.sleep(0.1)
 
     def kill(self) -> None:

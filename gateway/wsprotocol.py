@@ -1,0 +1,77 @@
+"""uvicorn's sans-I/O WebSocket protocol, keeping less per connection.
+
+An idle subscription's memory is mostly its connection's, and uvicorn keeps two
+things it no longer needs: an `asyncio.Queue` for incoming ASGI events (four
+deques, ~3 KB, for what is a single-consumer inbox) and the handshake's
+request and response with their headers (~2 KB) for the socket's whole life.
+`LeanWebSocketProtocol` replaces the first with `Inbox` and drops the second
+once the 101 is sent; everything else is uvicorn's. `ragline serve`, the tests
+and the benchmark's reference servers all run it, so they share one transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+
+class Inbox:
+    """What uvicorn uses of `asyncio.Queue` (put_nowait, get, empty), for one consumer,
+    with its deque made only while events wait."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[Any] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        if self._items is None:
+            self._items = deque()
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        item = self._items.popleft()
+        if not self._items:
+            self._items = None
+        return item
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items) if self._items else 0
+
+
+class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's protocol with a lighter inbox and no handshake kept after the 101."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = Inbox()  # type: ignore[assignment]
+
+    def start_keepalive(self) -> None:
+        # Called once the 101 response went out: the handshake is done with.
+        self.request = None  # type: ignore[assignment]
+        self.response = None  # type: ignore[assignment]
+        super().start_keepalive()
+
+
+def websocket_options() -> dict[str, Any]:
+    """uvicorn options for the gateway's WebSockets (and the benchmark's references)."""
+    return {"ws": LeanWebSocketProtocol, "ws_per_message_deflate": False}
+
+
+__all__ = ["Inbox", "LeanWebSocketProtocol", "websocket_options"]
