@@ -46,6 +46,9 @@ class BenchConfig:
     stalled_payload_bytes: int = 1024
     # churn: connect-subscribe-disconnect cycles
     churn_cycles: int = 10_000
+    # cycles before "start" is read: enough for the allocator to reach its working set at
+    # this concurrency (60 left RSS still rising: +15 MB after 10k cycles and the same after 25k)
+    churn_warmup: int = 2_000
     churn_concurrency: int = 50  # per load process
     churn_tenants: int = 10
     churn_rate: float = 200.0  # trickle events/s so each cycle sees one event
@@ -72,6 +75,7 @@ QUICK: dict[str, object] = {
     "stalled_subs": 200,
     "stalled_events": 300,
     "churn_cycles": 600,
+    "churn_warmup": 200,
     "idle_timeout": 5.0,
     "settle_seconds": 0.5,
 }
@@ -125,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--stalled-events", type=int)
     add("--stalled-payload-bytes", type=int)
     add("--churn-cycles", type=int)
+    add("--churn-warmup", type=int)
     add("--churn-concurrency", type=int)
     add("--churn-tenants", type=int)
     add("--churn-rate", type=float)

@@ -203,7 +203,7 @@ async def churn_run(rig: Rig, spec: TargetSpec) -> dict[str, Any]:
         tree = ProcessTree(server.pid)
         await rig.publisher.call("trickle_start", tenants=tenants, rate=config.churn_rate)
         try:
-            await churn_cycles(rig, server, tenants, 60)  # warm-up
+            await churn_cycles(rig, server, tenants, config.churn_warmup)
             await asyncio.sleep(config.settle_seconds)
             start = await churn_state(rig, server, tree, tenants, 0)
             outcome = await churn_cycles(rig, server, tenants, config.churn_cycles)
