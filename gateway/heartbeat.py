@@ -78,4 +78,7 @@ class Heartbeat:
         self._waiting = False
         if self._task is not None:
             self._task.cancel()  # a ping still being written
-        self._task = self._loop.create_task(self._on_timeout())
+        self._task = self._loop.create_task(self._time_out())
+
+    async def _time_out(self) -> None:
+        await self._on_timeout()
