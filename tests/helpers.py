@@ -152,7 +152,7 @@ class ProtocolClient:
     async def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
         """The next message that is not a keep-alive; pings are answered, as clients must."""
         while True:
-            message = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+            message = json.loads(await _recv(self.ws, timeout))
             if message.get("type") == "ping" and self.protocol == TRANSPORT_WS:
                 await self.send({"type": "pong"})
             elif message.get("type") not in {"ka", "pong"}:
@@ -193,7 +193,7 @@ class ProtocolClient:
 
     async def expect_silence(self, seconds: float = 0.5) -> None:
         try:
-            message = await asyncio.wait_for(self.ws.recv(), seconds)
+            message = await _recv(self.ws, seconds)
         except TimeoutError:
             return
         raise AssertionError(f"unexpected message {message}")
@@ -226,11 +226,19 @@ def groups(client: redis.Redis, tenant: str) -> list[dict[str, Any]]:
     return [{k: (v.decode() if isinstance(v, bytes) else v) for k, v in info.items()} for info in infos]
 
 
+async def _recv(ws: Any, timeout: float) -> Any:
+    """`ws.recv()` within `timeout` (TimeoutError). Not `asyncio.wait_for`: on Python 3.11 it
+    can swallow a cancellation that lands as the message arrives, and a test then waits
+    forever on a task it cancelled (seen with a Follower stopped while events flowed)."""
+    async with asyncio.timeout(timeout):
+        return await ws.recv()
+
+
 async def close_of(client: ProtocolClient, timeout: float = TIMEOUT) -> tuple[int, str]:
     """Wait for the server to close the socket; its (code, reason)."""
     try:
         while True:
-            await asyncio.wait_for(client.ws.recv(), timeout)
+            await _recv(client.ws, timeout)
     except websockets.ConnectionClosed as closed:
         assert closed.rcvd is not None, "the server closed without a close frame"
         return closed.rcvd.code, closed.rcvd.reason
