@@ -439,7 +439,7 @@ async def test_tokens_sent_every_way_never_reach_the_log(
     async with connect(gateway.ws_url, token=tokens[2]) as client:
         await client.subscribe("1", EVENTS_QUERY)
         await wait_until(lambda: len(groups(redis_client, tenant)) == 1)
-        publish(redis_client, tenant, "order_created", {"card": "4111"})
+        publish(redis_client, tenant, "order_created", {"card": "4111111111111111"})
         await client.next_data("1", "events")
     async with connect(gateway.ws_url, additional_headers={"Authorization": f"Bearer {tokens[3]}"}) as client:
         assert (await client.init({}))["type"] == "connection_ack"
