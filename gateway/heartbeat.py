@@ -68,17 +68,16 @@ class Heartbeat:
         # stopped reading, the buffers are full) times out as a missing pong does.
         self._waiting = True
         self._timer = self._loop.call_later(self.timeout, self._expired)
-        self._task = self._loop.create_task(self._write_ping())
-
-    async def _write_ping(self) -> None:
-        await self._send_ping()
+        self._task = self._loop.create_task(_call(self._send_ping))
 
     def _expired(self) -> None:
         self._timer = None
         self._waiting = False
         if self._task is not None:
             self._task.cancel()  # a ping still being written
-        self._task = self._loop.create_task(self._time_out())
+        self._task = self._loop.create_task(_call(self._on_timeout))
 
-    async def _time_out(self) -> None:
-        await self._on_timeout()
+
+async def _call(job: Callable[[], Awaitable[None]]) -> None:
+    """`job()` as a coroutine, for `create_task`."""
+    await job()

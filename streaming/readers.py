@@ -229,7 +229,8 @@ class NotifiedReader:
                 return  # woken for a new stream: the hub reads again with it in `heads`
             # A stream whose node is being read waits for that read (it sets `_changed`):
             # counting it as due would spin without ever letting the read finish.
-            retry_at = [self._retry_at(key) for key in self._dirty if self._node_name(key) not in self._inflight]
+            nodes = {self._node_name(key) for key in self._dirty}
+            retry_at = [self._retry_at_node(name) for name in nodes if name not in self._inflight]
             if any(at <= now for at in retry_at):
                 return
             self._changed.clear()
@@ -313,9 +314,6 @@ class NotifiedReader:
         except RedisClusterException:  # slot not covered while the map is being refreshed
             return "?"
         return node.name if node is not None else "?"
-
-    def _retry_at(self, key: str) -> float:
-        return self._retry_at_node(self._node_name(key))
 
     def _retry_at_node(self, name: str) -> float:
         backoff = self._backoff.get(name)
