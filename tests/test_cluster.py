@@ -19,6 +19,7 @@ import httpx
 import orjson
 import pytest
 import redis
+import websockets
 from redis.crc import key_slot
 
 from cluster import LocalCluster
@@ -235,56 +236,61 @@ class ReplicatedProducer:
 
 
 class Follower:
-    """A durable subscriber that records every event id it gets; it can drop its connection
-    and come back with the same durable name (resubscribing while Redis says UNAVAILABLE)."""
+    """A durable subscriber that records every event id it gets. It leaves as a careful
+    client does, with a WebSocket close, reading on until the gateway's close frame: the
+    gateway acknowledges what it wrote, so a client that dropped its socket instead would
+    lose the frames still in flight. It comes back with the same durable name, subscribing
+    again while the gateway answers UNAVAILABLE (Redis failing over)."""
 
     def __init__(self, gateway: GatewayServer, tenant: str) -> None:
         self.gateway = gateway
         self.tenant = tenant
         self.sessions: list[list[str]] = []
         self._task: asyncio.Task[None] | None = None
+        self._client: ProtocolClient | None = None
 
     @property
     def received(self) -> list[str]:
         return [entry for session in self.sessions for entry in session]
 
     async def start(self) -> None:
-        ready = asyncio.Event()
-        self._task = asyncio.create_task(self._follow(ready))
-        await asyncio.wait_for(ready.wait(), 30)
+        subscribed = asyncio.Event()
+        self._task = asyncio.create_task(self._follow(subscribed))
+        async with asyncio.timeout(30):
+            await subscribed.wait()
+
+    def outcome(self) -> str:
+        if self._task is None or not self._task.done():
+            return "running"
+        if self._task.cancelled():
+            return "cancelled"
+        return repr(self._task.exception())
 
     async def stop(self) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        assert self._task is not None and self._client is not None
+        await self._client.ws.close()
+        async with asyncio.timeout(30):
+            await self._task
 
-    async def _follow(self, ready: asyncio.Event) -> None:
+    async def _follow(self, subscribed: asyncio.Event) -> None:
         session: list[str] = []
         self.sessions.append(session)
         async with connect(self.gateway.ws_url, token=make_token(self.tenant)) as client:
-            message = await _subscribe_durable(client, "screen")
-            ready.set()
-            while True:
-                if message is not None:
+            self._client = client
+            await client.subscribe("1", DURABLE_QUERY, {"durable": "screen"})
+            subscribed.set()
+            refusals = 0
+            with suppress(websockets.ConnectionClosedOK):
+                while True:
+                    message = await client.recv(timeout=60)
+                    if message["type"] == "error" and not session and refusals < 100:
+                        assert message["payload"][0]["extensions"]["code"] == "UNAVAILABLE", message
+                        refusals += 1
+                        await asyncio.sleep(0.2)
+                        await client.subscribe("1", DURABLE_QUERY, {"durable": "screen"})
+                        continue
                     assert message["type"] == "next" and "errors" not in message["payload"], message
                     session.append(message["payload"]["data"]["events"]["id"])
-                message = await client.recv(timeout=60)
-
-
-async def _subscribe_durable(client: ProtocolClient, name: str) -> dict[str, Any] | None:
-    """Subscribe, again after UNAVAILABLE (Redis failing over); the first message, if one
-    came at once."""
-    for _ in range(100):
-        await client.subscribe("1", DURABLE_QUERY, {"durable": name})
-        try:
-            message = await client.recv(timeout=0.3)
-        except TimeoutError:
-            return None  # subscribed, nothing new yet
-        if message["type"] != "error":
-            return message
-        assert message["payload"][0]["extensions"]["code"] == "UNAVAILABLE", message
-        await asyncio.sleep(0.2)
-    raise AssertionError("could not subscribe")
 
 
 async def test_a_primary_killed_while_events_flow_fails_over_and_durable_subscribers_lose_nothing(
@@ -312,7 +318,10 @@ async def test_a_primary_killed_while_events_flow_fails_over_and_durable_subscri
     finally:
         producer.stop()
     final = {t: _stream_ids(fresh_cluster.client(), t) for t in tenants}
-    await wait_until(lambda: all(set(final[t]) <= set(followers[t].received) for t in tenants), timeout=30)
+    try:
+        await wait_until(lambda: all(set(final[t]) <= set(followers[t].received) for t in tenants), timeout=30)
+    except AssertionError:
+        raise AssertionError(_missing_report(followers, final)) from None
     for follower in followers.values():
         await follower.stop()
 
@@ -324,6 +333,19 @@ async def test_a_primary_killed_while_events_flow_fails_over_and_durable_subscri
     assert any(m.startswith("Redis Cluster primaries changed") and f"127.0.0.1:{doomed} gone" in m for m in messages)
     assert sum(m.startswith("Redis unavailable") for m in messages) <= 3, messages  # no crash loop
     assert gateway.hub.running and gateway.hub.available
+
+
+def _missing_report(followers: dict[str, Follower], final: dict[str, list[str]]) -> str:
+    """Which tenants miss which entries, and how each follower's task ended."""
+    lines = []
+    for tenant, follower in followers.items():
+        missing = [e for e in final[tenant] if e not in set(follower.received)]
+        if missing:
+            lines.append(
+                f"{tenant}: {len(missing)} of {len(final[tenant])} missing (first {missing[:3]}), "
+                f"sessions {[len(s) for s in follower.sessions]}, task {follower.outcome()}"
+            )
+    return "events not delivered:\n" + "\n".join(lines)
 
 
 def _stream_ids(client: redis.Redis, tenant: str) -> list[str]:
