@@ -32,6 +32,7 @@ from .subscription import Feed, Subscription
 logger = logging.getLogger(__name__)
 Accept = Callable[[Entry], bool]
 READER, FLUSH, OWNERS, COMMANDS = "reader", "flush", "owners", "commands"  # who saw Redis fail
+FLUSH_CHUNK = 200  # cursor moves per pipeline
 
 
 @dataclass(frozen=True)
@@ -173,19 +174,25 @@ class Hub:
         return records
 
     async def flush(self) -> None:
-        """Move every dirty subscription's group to its last written entry."""
+        """Move every dirty subscription's group to its last written entry, in pipelines of
+        `FLUSH_CHUNK` moves: packing a thousand commands at once would hold up the
+        deliveries for tens of milliseconds, while between two chunks they go on."""
         if not self._dirty:
             return
         batch = list(self._dirty)
         self._dirty.clear()
-        try:
-            kept = await self.store.move_groups([_move(s) for s in batch], lambda i: not batch[i].closing)
-        except REDIS_ERRORS:
-            self._dirty.update(dict.fromkeys(batch))
-            raise
-        for subscription, still_owner in zip(batch, kept, strict=True):
-            if not still_owner:
-                subscription.fail(DurableTakenOver("A newer subscription took over this durable cursor"))
+        for start in range(0, len(batch), FLUSH_CHUNK):
+            chunk = [s for s in batch[start : start + FLUSH_CHUNK] if not s.closing]  # closing: moved on release
+            if not chunk:
+                continue
+            try:
+                kept = await self.store.move_groups([_move(s) for s in chunk], _not_closing(chunk))
+            except REDIS_ERRORS:
+                self._dirty.update(dict.fromkeys(s for s in batch[start:] if not s.closing))
+                raise
+            for subscription, still_owner in zip(chunk, kept, strict=True):
+                if not still_owner:
+                    subscription.fail(DurableTakenOver("A newer subscription took over this durable cursor"))
 
     async def probe(self) -> bool:
         """Whether Redis answers; a cheap PING only while an outage is known."""
@@ -497,6 +504,10 @@ def _check_not_expired(after: str, bounds: StreamBounds) -> None:
         expired = position < keys.parse_stream_id(bounds.last_generated)
     if expired:
         raise CursorExpired(f"Events after {after} were trimmed from the stream; resubscribe without 'after'")
+
+
+def _not_closing(chunk: list[Subscription]) -> Callable[[int], bool]:
+    return lambda index: not chunk[index].closing
 
 
 def _move(subscription: Subscription) -> Move:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -10,10 +11,12 @@ import pytest
 import redis
 import redis.cluster
 
+import streaming.hub
 from helpers import (
     EVENTS_QUERY,
     GatewayServer,
     connect,
+    groups,
     make_token,
     new_tenant,
     publish,
@@ -38,9 +41,10 @@ def gateway_connections(client: redis.Redis, process_id: str) -> tuple[list[int]
     return counts, 10 if len(nodes) == 1 else 12
 
 
-async def test_200_subscriptions_use_no_more_than_10_redis_connections(
-    make_gateway: object, redis_client: redis.Redis
+async def test_200_subscriptions_use_no_more_than_10_redis_connections_and_every_cursor_moves(
+    make_gateway: object, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(streaming.hub, "FLUSH_CHUNK", 7)  # the cursor flush goes in many pipelines
     gateway: GatewayServer = make_gateway()  # type: ignore[operator]
     tenants = [new_tenant() for _ in range(TENANTS)]
     async with AsyncExitStack() as stack:
@@ -58,3 +62,22 @@ async def test_200_subscriptions_use_no_more_than_10_redis_connections(
         process_id = gateway.app.state.runtime.process_id
         counts, bound = gateway_connections(redis_client, process_id)
         assert all(1 <= count <= bound for count in counts), counts
+        # Each of the 200 groups moved past its event once the next was asked for: the
+        # client's frames were written, and a flush in chunks of 7 reached every one.
+        await wait_until(lambda: all(
+            [g["last-delivered-id"] for g in groups(redis_client, t)] == [ids[t]] * (SUBSCRIPTIONS // TENANTS)
+            for t in tenants
+        ))
+
+
+def test_a_served_process_freezes_what_start_up_built_and_collects_young_objects_less_often(
+    make_gateway: object,
+) -> None:
+    before = gc.get_threshold()
+    try:
+        make_gateway(gc_threshold=12_345)  # type: ignore[operator]
+        assert gc.get_threshold() == (12_345, *before[1:])
+        assert gc.get_freeze_count() > 10_000  # modules, the schema, the app
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
