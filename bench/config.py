@@ -34,6 +34,7 @@ class BenchConfig:
     min_deliveries: int = 50_000  # raise events so a burst is long enough to give a max rate
     rate: float | None = None  # steady events/s over all tenants; None = half the burst's max
     steady_seconds: float = 10.0
+    sweep: tuple[float, ...] = ()  # more steady phases, at these fractions of the burst's max rate
     payload_bytes: int = 0  # padding added to each payload
     # idle: RSS per idle subscription
     idle_subs: int = 10_000
@@ -85,6 +86,13 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x)
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    values = tuple(float(x) for x in text.split(",") if x)
+    if any(not 0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError("fractions of the max rate: each in (0, 1]")
+    return values
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
@@ -120,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--min-deliveries", type=int, help="raise --events so each burst has this many deliveries")
     add("--rate", type=float, help="steady events/s over all tenants (default: half the burst max)")
     add("--steady-seconds", type=float)
+    add(
+        "--sweep",
+        type=_floats,
+        help="more steady phases at these fractions of the burst's max rate, e.g. 0.1,0.25"
+        " (latency against load, next to the ceiling's)",
+    )
     add("--payload-bytes", type=int)
     add("--idle-subs", type=int)
     add("--idle-tenants", type=int)

@@ -218,6 +218,31 @@ def throughput_table(runs: list[RunResult]) -> str:
     return "\n".join(lines)
 
 
+def sweep_table(runs: list[RunResult]) -> str:
+    """Each run's steady phases by offered load (fraction of its burst max), with the CPU
+    the server and the load processes used: where latency turns up, and who was busy."""
+    head = (
+        f"{'server':<9} {'redis':<17} {'subs':>6} {'ten':>4} {'load':>5} {'deliv/s':>9} "
+        f"{'p50ms':>7} {'p99ms':>7} {'maxms':>7} {'srv cpu':>8} {'load cpu':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    for run in runs:
+        burst = run.phases.get("burst")
+        if run.error or burst is None or not burst.throughput:
+            continue
+        steady = [p for name, p in run.phases.items() if name == "steady" or name.startswith("steady@")]
+        for phase in sorted(steady, key=lambda p: p.throughput):
+            cpu = phase.server_cpu_s / phase.duration_s if phase.duration_s else None
+            loaders = "/".join("-" if u is None else f"{u * 100:.0f}" for u in phase.loader_cpu_util)
+            lines.append(
+                f"{run.server:<9} {run.redis:<17} {run.subs:>6} {run.tenants:>4} "
+                f"{phase.throughput / burst.throughput:>5.2f} {_num(phase.throughput):>9} "
+                f"{_num(phase.p50_ms, 1):>7} {_num(phase.p99_ms, 1):>7} {_num(phase.max_ms, 1):>7} "
+                f"{_num(None if cpu is None else cpu * 100, 0):>7}% {loaders:>9}"
+            )
+    return "\n".join(lines)
+
+
 def _cpu_per_1k(run: RunResult) -> float | None:
     delivered = sum(p.delivered for p in run.phases.values())
     cpu = sum(p.server_cpu_s for p in run.phases.values())
@@ -395,6 +420,12 @@ def print_summary(results: ScenarioResults, subject: str) -> None:
         if rows:
             print("\nRatios (burst throughput; same load, same invocation)\n")
             print(ratio_table(rows))
+        if any(name.startswith("steady@") for r in results.throughput for name in r.phases):
+            print(
+                "\nLatency against load (load = delivered/s over the burst's max; srv cpu = server"
+                " process CPU, load cpu = each load process's, in % of a core)\n"
+            )
+            print(sweep_table(results.throughput))
         side_by_side = topology_table(results.throughput)
         if side_by_side:
             print(

@@ -32,14 +32,19 @@ def tenants_of(count: int) -> list[str]:
     return [tenant_name(i) for i in range(count)]
 
 
-def steady_rate(rig: Rig, burst: PhaseResult) -> float:
-    """Half the burst's delivery rate, in published events/s (the target's 'half max rate')."""
-    if rig.config.rate:
+def steady_rate(rig: Rig, burst: PhaseResult, fraction: float = 0.5) -> float:
+    """`fraction` of the burst's delivery rate, in published events/s (by default the
+    target's 'half max rate'; --rate overrides that one)."""
+    if rig.config.rate and fraction == 0.5:
         return rig.config.rate
     if not burst.delivered or not burst.events:
         return FALLBACK_RATE
     deliveries_per_event = burst.expected / burst.events
-    return max(1.0, 0.5 * burst.throughput / deliveries_per_event)
+    return max(1.0, fraction * burst.throughput / deliveries_per_event)
+
+
+def sweep_phase(fraction: float) -> str:
+    return f"steady@{fraction:g}"
 
 
 def burst_events(rig: Rig, subs: int) -> int:
@@ -84,6 +89,11 @@ async def throughput_run(rig: Rig, spec: TargetSpec, subs: int, tenant_count: in
         run.phases["steady"] = await rig.steady(
             tree, "steady", tenants, rate, rig.config.steady_seconds
         )
+        for fraction in rig.config.sweep:
+            name = sweep_phase(fraction)
+            run.phases[name] = await rig.steady(
+                tree, name, tenants, steady_rate(rig, burst, fraction), rig.config.steady_seconds
+            )
         run.redis_connections = max(run.redis_connections, await rig.monitor.server_connections())
         run.redis_connections_per_process = run.redis_connections / server.workers
         await rig.close_subs()
