@@ -51,7 +51,7 @@ class Settings:
     max_query_tokens: int = 1000
     max_query_aliases: int = 15
     introspection: bool = True              # off in production, with GraphiQL
-    redis_max_connections: int = 8          # command pool; the reader has one more
+    redis_max_connections: int = 6          # command pool; the reader has one more (10 per node on a cluster)
     ack_interval: float = 0.25              # seconds between cursor flushes
     durable_ttl: float = 24 * 3600          # idle durable cursors expire after this
     janitor_interval: float = 30.0          # seconds between sweeps for orphaned groups
@@ -110,7 +110,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_query_tokens=_number(get, "MAX_QUERY_TOKENS", 1000, int),
         max_query_aliases=_number(get, "MAX_QUERY_ALIASES", 15, int),
         introspection=_flag(get("INTROSPECTION"), True),
-        redis_max_connections=_number(get, "REDIS_MAX_CONNECTIONS", 8, int),
+        redis_max_connections=_number(get, "REDIS_MAX_CONNECTIONS", 6, int),
         ack_interval=_number(get, "ACK_INTERVAL", 0.25, float),
         durable_ttl=_number(get, "DURABLE_TTL", 24 * 3600.0, float),
         janitor_interval=_number(get, "JANITOR_INTERVAL", 30.0, float),

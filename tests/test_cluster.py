@@ -108,10 +108,10 @@ async def test_fifty_tenants_over_three_primaries_each_get_every_event_of_their_
             assert _ids(events) == published[tenant]
             assert {event["tenantId"] for event in events} == {tenant}
             await client.expect_silence(0.05)
-        # per node: 8 for commands, 1 reader, 1 notifications, and the idle connection that each
+        # per node: 6 for commands, 1 reader, 1 notifications, and the idle connection that each
         # of the two cluster clients keeps to the node it asked for the slot map
         per_node = _connections_per_node(local_cluster, gateway.app.state.runtime.process_id)
-        assert set(per_node) == set(primaries) and all(1 <= n <= 12 for n in per_node.values()), per_node
+        assert set(per_node) == set(primaries) and all(1 <= n <= 10 for n in per_node.values()), per_node
     producer.close()
 
 

@@ -30,7 +30,7 @@ TENANTS = 20
 
 def gateway_connections(client: redis.Redis, process_id: str) -> tuple[list[int], int]:
     """Connections named after the gateway process on each Redis node (one figure for one
-    server), and the bound: 8 for commands plus the reader's; on a cluster, per node, the
+    server), and the bound: 6 for commands plus the reader's; on a cluster, per node, the
     reader's and the notifications' connection, and the idle one each of the two cluster
     clients keeps to a node it asked for the slot map."""
     nodes: list[Any] = [client]
@@ -38,7 +38,7 @@ def gateway_connections(client: redis.Redis, process_id: str) -> tuple[list[int]
         nodes = [client.get_redis_connection(node) for node in client.get_primaries()]
     name = f"ragline-gateway:{process_id}"
     counts = [sum(1 for c in node.client_list() if c.get("name", "").startswith(name)) for node in nodes]
-    return counts, 10 if len(nodes) == 1 else 12
+    return counts, 7 if len(nodes) == 1 else 10
 
 
 async def test_200_subscriptions_use_no_more_than_10_redis_connections_and_every_cursor_moves(
