@@ -223,7 +223,7 @@ def sweep_table(runs: list[RunResult]) -> str:
     the server and the load processes used: where latency turns up, and who was busy."""
     head = (
         f"{'server':<9} {'redis':<17} {'subs':>6} {'ten':>4} {'load':>5} {'deliv/s':>9} "
-        f"{'p50ms':>7} {'p99ms':>7} {'maxms':>7} {'srv cpu':>8} {'load cpu':>9}"
+        f"{'p50ms':>7} {'p99ms':>7} {'maxms':>7} {'srv cpu':>8} {'load cpu':>9} {'cmd/dl':>7}"
     )
     lines = [head, "-" * len(head)]
     for run in runs:
@@ -238,7 +238,8 @@ def sweep_table(runs: list[RunResult]) -> str:
                 f"{run.server:<9} {run.redis:<17} {run.subs:>6} {run.tenants:>4} "
                 f"{phase.throughput / burst.throughput:>5.2f} {_num(phase.throughput):>9} "
                 f"{_num(phase.p50_ms, 1):>7} {_num(phase.p99_ms, 1):>7} {_num(phase.max_ms, 1):>7} "
-                f"{_num(None if cpu is None else cpu * 100, 0):>7}% {loaders:>9}"
+                f"{_num(None if cpu is None else cpu * 100, 0):>7}% {loaders:>9} "
+                f"{_num(phase.redis_cmds_per_delivery, 3):>7}"
             )
     return "\n".join(lines)
 
@@ -423,7 +424,8 @@ def print_summary(results: ScenarioResults, subject: str) -> None:
         if any(name.startswith("steady@") for r in results.throughput for name in r.phases):
             print(
                 "\nLatency against load (load = delivered/s over the burst's max; srv cpu = server"
-                " process CPU, load cpu = each load process's, in % of a core)\n"
+                " process CPU, load cpu = each load process's, in % of a core; cmd/dl = Redis"
+                " commands per delivery in that phase)\n"
             )
             print(sweep_table(results.throughput))
         side_by_side = topology_table(results.throughput)
