@@ -44,7 +44,6 @@ from bench.protocol import (
     verify_token,
 )
 from bench.refsettings import RefSettings, parse_workers, uvicorn_options
-from gateway import collector
 from streaming.connections import AnyRedis, node_url, open_client, ping_all
 
 logger = logging.getLogger(__name__)
@@ -287,7 +286,6 @@ async def lifespan(_: Starlette) -> AsyncIterator[None]:
     global HUB
     redis = open_client(SETTINGS.redis_url, socket_timeout=SOCKET_TIMEOUT_S)
     HUB = Hub(redis, SETTINGS.redis_url)
-    collector.tune()  # the gateway's collector settings, so latencies compare like for like
     try:
         yield
     finally:

@@ -36,7 +36,6 @@ from bench.protocol import (
     subscribe_message,
 )
 from bench.servers import raise_nofile_limit
-from gateway import collector
 
 logger = logging.getLogger(__name__)
 
@@ -513,9 +512,6 @@ HANDLERS: dict[str, rpc.Handler] = {
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s load %(levelname)s %(message)s")
     raise_nofile_limit()
-    # Young collections as rarely as in the servers: per-frame garbage dies young instead
-    # of being promoted into full collections that would show up as server latency.
-    gc.set_threshold(collector.DEFAULT_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     try:
         import uvloop
 

@@ -43,7 +43,6 @@ from bench.protocol import (
     verify_token,
 )
 from bench.refsettings import RefSettings, parse_workers, uvicorn_options
-from gateway import collector
 from streaming.connections import AnyRedis, is_cluster_url, open_client, ping_all
 
 logger = logging.getLogger(__name__)
@@ -200,7 +199,6 @@ def create_app() -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        collector.tune()  # the gateway's collector settings, so latencies compare like for like
         yield
         await probe.aclose()
 

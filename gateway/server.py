@@ -13,7 +13,6 @@ from typing import Any
 import uvicorn
 from uvicorn.supervisors import Multiprocess, multiprocess
 
-from . import collector
 from .runtime import Runtime
 
 
@@ -21,12 +20,6 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, runtime: Runtime | None = None) -> None:
         super().__init__(config)
         self.runtime = runtime
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        runtime = self.runtime or _runtime_of(self.config.loaded_app)
-        if runtime is not None:  # the app is built, nothing served yet: freeze what exists
-            collector.tune(runtime.settings.gc_threshold)
-        await super().startup(sockets)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:

@@ -58,7 +58,6 @@ class Settings:
     orphan_timeout: float = 30.0            # a process silent this long counts as dead
     shutdown_timeout: float = 8.0           # SIGTERM: seconds to complete operations
     slow_consumer_timeout: float = 30.0     # a frame unwritten this long ends the subscription
-    gc_threshold: int = 20_000              # young-generation GC threshold of a serving process; 0: CPython's
     debug_hold_type: str | None = None      # tests only: entries of this type are read, never sent
     log_level: str = "info"
     log_format: str = "plain"               # or "json": one object per line
@@ -117,7 +116,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         orphan_timeout=_number(get, "ORPHAN_TIMEOUT", 30.0, float),
         shutdown_timeout=_number(get, "SHUTDOWN_TIMEOUT", 8.0, float),
         slow_consumer_timeout=_number(get, "SLOW_CONSUMER_TIMEOUT", 30.0, float),
-        gc_threshold=_number(get, "GC_THRESHOLD", 20_000, int),
         debug_hold_type=get("DEBUG_HOLD_TYPE"),
         log_level=(get("LOG_LEVEL") or "info").lower(),
         log_format=(get("LOG_FORMAT") or "plain").lower(),
@@ -145,7 +143,7 @@ def validate(settings: Settings) -> None:
         raise SettingsError(f"RAGLINE_MAX_FRAME_BYTES must be at least {MIN_FRAME_BYTES}")
     if settings.log_format not in LOG_FORMATS:
         raise SettingsError("RAGLINE_LOG_FORMAT must be 'plain' or 'json'")
-    for name in ("max_connections_per_user", "max_connections_per_tenant", "subscribe_rate", "subscribe_burst", "gc_threshold"):
+    for name in ("max_connections_per_user", "max_connections_per_tenant", "subscribe_rate", "subscribe_burst"):
         if getattr(settings, name) < 0:
             raise SettingsError(f"RAGLINE_{name.upper()} must be >= 0")
     for name in ("max_subscriptions_per_connection", "max_query_depth", "max_query_tokens", "max_query_aliases"):

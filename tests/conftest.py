@@ -64,7 +64,6 @@ def base_settings(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> S
         jwt_secret=SECRET,
         log_level="warning",
         janitor_interval=1.0,
-        gc_threshold=0,  # this process hosts many gateways in turn: freezing would keep each one's cycles
     )
 
 

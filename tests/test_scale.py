@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -69,15 +68,3 @@ async def test_200_subscriptions_use_no_more_than_10_redis_connections_and_every
             for t in tenants
         ))
 
-
-def test_a_served_process_freezes_what_start_up_built_and_collects_young_objects_less_often(
-    make_gateway: object,
-) -> None:
-    before = gc.get_threshold()
-    try:
-        make_gateway(gc_threshold=12_345)  # type: ignore[operator]
-        assert gc.get_threshold() == (12_345, *before[1:])
-        assert gc.get_freeze_count() > 10_000  # modules, the schema, the app
-    finally:
-        gc.set_threshold(*before)
-        gc.unfreeze()
