@@ -43,7 +43,7 @@ class BenchConfig:
     stalled_subs: int = 1000
     stalled_tenants: int = 1
     stalled_fraction: float = 0.05
-    stalled_events: int = 500
+    stalled_events: int = 1500  # per burst; 500 left the two baseline bursts 15-27% apart on a busy box
     stalled_payload_bytes: int = 1024
     # churn: connect-subscribe-disconnect cycles
     churn_cycles: int = 10_000

@@ -350,7 +350,11 @@ def write_chart(runs: list[RunResult], path: Path) -> bool:
             series[f"{run.server}, {tenants}, {run.redis}"].append(run)
     if not series:
         return False
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("chart:   skipped, matplotlib is missing (pip install -e '.[bench]')")
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
