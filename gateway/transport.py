@@ -127,7 +127,7 @@ class GatewayRouter(HTTPSubscriptions, GraphQLRouter[GatewayContext, None]):
             context.extras["expiry"] = asyncio.get_running_loop().call_later(
                 delay, _close_on_expiry, websocket, principal
             )
-        return UNSET
+        return UNSET  # type: ignore[no-any-return]  # Strawberry types UNSET as Any
 
     def on_ws_disconnect(self, context: GatewayContext) -> None:
         expiry: asyncio.TimerHandle | None = context.extras.pop("expiry", None)

@@ -174,7 +174,7 @@ class _ConnectionHooks:
             self._task.cancel()
 
 
-class TransportWSHandler(_ConnectionHooks, BaseGraphQLTransportWSHandler[GatewayContext, None]):
+class TransportWSHandler(_ConnectionHooks, BaseGraphQLTransportWSHandler[GatewayContext, None]):  # type: ignore[misc]  # view: our router subclass
     """graphql-transport-ws, with server pings and shared execution for the
     subscriptions that allow it (resolvers.shared)."""
 
@@ -354,7 +354,7 @@ class TransportWSHandler(_ConnectionHooks, BaseGraphQLTransportWSHandler[Gateway
                     await self.websocket.close(code=CloseCode.TRY_AGAIN_LATER, reason=SLOW_CONSUMER_MESSAGE)
 
 
-class LegacyWSHandler(_ConnectionHooks, BaseGraphQLWSHandler[GatewayContext, None]):
+class LegacyWSHandler(_ConnectionHooks, BaseGraphQLWSHandler[GatewayContext, None]):  # type: ignore[misc]  # view: our router subclass
     """Legacy graphql-ws (subscriptions-transport-ws). A malformed message gets
     `connection_error` with the reason, then the socket closes 4400."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from schema.types import Stats, TenantStats
+from schema.types import Long, Stats, TenantStats
 
 from .context import GatewayContext
 from .events import require_principal
@@ -18,9 +18,9 @@ async def resolve_stats(context: GatewayContext) -> Stats:
     return Stats(
         connections=sum(t.connections for t in tenants),
         subscriptions=sum(t.subscriptions for t in tenants),
-        events_delivered=sum(t.events_delivered for t in tenants),
+        events_delivered=Long(sum(t.events_delivered for t in tenants)),
         pending=sum(t.pending for t in tenants),
-        dead_lettered=sum(t.dead_lettered for t in tenants),
+        dead_lettered=Long(sum(t.dead_lettered for t in tenants)),
         redis_available=hub.available,
         tenants=tenants,
     )
@@ -31,7 +31,7 @@ def _tenant_stats(tenant_id: str, row: dict[str, int]) -> TenantStats:
         tenant_id=tenant_id,
         connections=row.get("connections", 0),
         subscriptions=row.get("subscriptions", 0),
-        events_delivered=row.get("delivered", 0),  # type: ignore[arg-type]
+        events_delivered=Long(row.get("delivered", 0)),
         pending=row.get("pending", 0),
-        dead_lettered=row.get("dead_lettered", 0),  # type: ignore[arg-type]
+        dead_lettered=Long(row.get("dead_lettered", 0)),
     )

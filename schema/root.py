@@ -22,7 +22,7 @@ T = TypeVar("T")
 
 @strawberry.type
 class Query:
-    @strawberry.field(description="Live gateway figures for the caller's tenant (all tenants for admins).")
+    @strawberry.field(description="Live gateway figures for the caller's tenant (all tenants for admins).")  # type: ignore[untyped-decorator]
     async def stats(self, info: Info[GatewayContext, None]) -> Stats:
         return await resolve_stats(info.context)
 
@@ -31,7 +31,7 @@ class Query:
 class Subscription:
     @strawberry.subscription(
         description='Every event of the caller\'s tenant; `types` takes exact names or prefixes ending in "*".'
-    )
+    )  # type: ignore[untyped-decorator]
     async def events(
         self,
         info: Info[GatewayContext, None],
@@ -41,7 +41,7 @@ class Subscription:
     ) -> AsyncIterator[Event]:
         return await open_events(info.context, _given(types), _given(after), _given(durable))
 
-    @strawberry.subscription(description="order_* events of the caller's tenant, optionally of one order.")
+    @strawberry.subscription(description="order_* events of the caller's tenant, optionally of one order.")  # type: ignore[untyped-decorator]
     async def order_events(
         self,
         info: Info[GatewayContext, None],
@@ -77,7 +77,10 @@ def build_schema(extensions: Sequence[ExtensionFactory] = ()) -> GatewaySchema:
     validation errors keep their messages."""
     factories: list[ExtensionFactory] = [*extensions, lambda: MaskErrors(should_mask_error=is_internal)]
     return GatewaySchema(
-        query=Query, subscription=Subscription, config=StrawberryConfig(scalar_map=SCALARS), extensions=factories
+        query=Query,
+        subscription=Subscription,
+        config=StrawberryConfig(scalar_map=SCALARS),  # type: ignore[arg-type]  # keyed by a NewType
+        extensions=factories,
     )
 
 
