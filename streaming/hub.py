@@ -6,8 +6,8 @@ reads, parsed once, to those subscribers: on one Redis server it blocks in a sin
 it reads the streams its nodes report as grown (`readers`). Each
 subscription has its own tenant-scoped consumer group that serves as its
 cursor: the group is moved (`XGROUP SETID`) only past entries that were
-written to the client, in one pipelined round trip per flush for all
-subscriptions. Subscribers never hold a Redis connection of their own.
+written to the client, pipelined for all subscriptions at each flush (200
+moves per round trip). Subscribers never hold a Redis connection of their own.
 """
 
 from __future__ import annotations

@@ -123,10 +123,11 @@ class RedisStore:
     async def move_groups(
         self, moves: Iterable[Move], recreate: Callable[[int], bool] = lambda index: True
     ) -> list[bool]:
-        """Set every cursor in one pipelined round trip; False where a durable
-        cursor now belongs to another subscription. A group that vanished is
-        recreated at its cursor where `recreate(index)` says so (not for a
-        subscription that is ending: its group was destroyed on purpose)."""
+        """Set every cursor in one pipelined round trip (the hub sends at most
+        `FLUSH_CHUNK` at a time); False where a durable cursor now belongs to
+        another subscription. A group that vanished is recreated at its cursor
+        where `recreate(index)` says so (not for a subscription that is ending:
+        its group was destroyed on purpose)."""
         moves = list(moves)
         now = int(time.time())
         async with self.redis.pipeline(transaction=False) as pipe:
