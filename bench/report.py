@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.results import RunResult, to_jsonable
+from bench.results import RunResult, is_sweep, to_jsonable
 from bench.scenarios import ScenarioResults
 
 logger = logging.getLogger(__name__)
@@ -230,8 +230,7 @@ def sweep_table(runs: list[RunResult]) -> str:
         burst = run.phases.get("burst")
         if run.error or burst is None or not burst.throughput:
             continue
-        steady = [p for name, p in run.phases.items() if name == "steady" or name.startswith("steady@")]
-        for phase in sorted(steady, key=lambda p: p.throughput):
+        for phase in sorted(run.steady_phases(), key=lambda p: p.throughput):
             cpu = phase.server_cpu_s / phase.duration_s if phase.duration_s else None
             loaders = "/".join("-" if u is None else f"{u * 100:.0f}" for u in phase.loader_cpu_util)
             lines.append(
@@ -425,7 +424,7 @@ def print_summary(results: ScenarioResults, subject: str) -> None:
         if rows:
             print("\nRatios (burst throughput; same load, same invocation)\n")
             print(ratio_table(rows))
-        if any(name.startswith("steady@") for r in results.throughput for name in r.phases):
+        if any(is_sweep(name) for r in results.throughput for name in r.phases):
             print(
                 "\nLatency against load (load = delivered/s over the burst's max; srv cpu = server"
                 " process CPU, load cpu = each load process's, in % of a core; cmd/dl = Redis"

@@ -13,6 +13,16 @@ from typing import Any
 
 from bench.metrics import LatencyHistogram, RedisSnapshot, server_commands
 
+SWEEP_PREFIX = "steady@"  # the --sweep phases: "steady@0.1" is a tenth of the burst's rate
+
+
+def sweep_phase(fraction: float) -> str:
+    return f"{SWEEP_PREFIX}{fraction:g}"
+
+
+def is_sweep(name: str) -> bool:
+    return name.startswith(SWEEP_PREFIX)
+
 
 @dataclass
 class PhaseResult:
@@ -141,11 +151,15 @@ class RunResult:
     def losses(self) -> int:
         return sum(p.missing for p in self.phases.values())
 
+    def steady_phases(self) -> list[PhaseResult]:
+        """The half-rate steady phase and the `--sweep` ones."""
+        return [p for name, p in self.phases.items() if name == "steady" or is_sweep(name)]
+
     def total_cmds_per_delivery(self) -> float | None:
         """Redis commands per delivery over the burst and the half-rate steady phase together
         (the `--sweep` phases have their own figure in the latency table: at a tenth of the
         rate a cursor move per subscription per flush interval weighs more per delivery)."""
-        phases = [p for name, p in self.phases.items() if not name.startswith("steady@")]
+        phases = [p for name, p in self.phases.items() if not is_sweep(name)]
         delivered = sum(p.delivered for p in phases)
         commands = sum(sum(p.redis_commands.values()) for p in phases)
         return commands / delivered if delivered else None

@@ -17,7 +17,7 @@ from typing import Any
 
 from bench.metrics import ProcessTree
 from bench.protocol import tenant_name
-from bench.results import PhaseResult, RunResult
+from bench.results import PhaseResult, RunResult, sweep_phase
 from bench.rig import Rig, plan_subscriptions
 from bench.servers import TargetServer, TargetSpec
 
@@ -34,17 +34,13 @@ def tenants_of(count: int) -> list[str]:
 
 def steady_rate(rig: Rig, burst: PhaseResult, fraction: float = 0.5) -> float:
     """`fraction` of the burst's delivery rate, in published events/s (by default the
-    target's 'half max rate'; --rate overrides that one)."""
+    target's 'half max rate', which --rate replaces)."""
     if rig.config.rate and fraction == 0.5:
         return rig.config.rate
     if not burst.delivered or not burst.events:
         return FALLBACK_RATE
     deliveries_per_event = burst.expected / burst.events
     return max(1.0, fraction * burst.throughput / deliveries_per_event)
-
-
-def sweep_phase(fraction: float) -> str:
-    return f"steady@{fraction:g}"
 
 
 def burst_events(rig: Rig, subs: int) -> int:
