@@ -16,7 +16,7 @@ from gateway.metrics import registry_for
 from gateway.runtime import Runtime
 from gateway.settings import Settings, load_settings
 from gateway.transport import GatewayRouter, GraphQLWebSockets
-from schema.root import build_schema
+from resolvers.root import build_schema
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -1,4 +1,4 @@
-"""JWT verification and where a token may come from (contract section 5)."""
+"""JWT verification and where a token may come from."""
 
 from __future__ import annotations
 

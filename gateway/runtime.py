@@ -129,7 +129,6 @@ class Runtime:
         return HubConfig(
             process_id=self.process_id,
             ack_interval=self.settings.ack_interval,
-            hold_type=self.settings.debug_hold_type,
         )
 
     def _janitor_config(self) -> JanitorConfig:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TypeVar
+from types import NoneType, UnionType
+from typing import Any, get_args, get_type_hints
 
-N = TypeVar("N", int, float)
+from streaming.hub import HubConfig
+from streaming.janitor import JanitorConfig
 
 FORBIDDEN_ALGORITHMS = frozenset({"none", ""})
 MIN_HS_KEY_BYTES = 32
@@ -52,13 +54,13 @@ class Settings:
     max_query_aliases: int = 15
     introspection: bool = True              # off in production, with GraphiQL
     redis_max_connections: int = 6          # command pool; the reader has one more (10 per node on a cluster)
-    ack_interval: float = 0.25              # seconds between cursor flushes
-    durable_ttl: float = 24 * 3600          # idle durable cursors expire after this
-    janitor_interval: float = 30.0          # seconds between sweeps for orphaned groups
-    orphan_timeout: float = 30.0            # a process silent this long counts as dead
+    # the streaming core's own defaults
+    ack_interval: float = HubConfig.ack_interval           # seconds between cursor flushes
+    durable_ttl: float = JanitorConfig.durable_ttl         # idle durable cursors expire after this
+    janitor_interval: float = JanitorConfig.interval       # seconds between sweeps for orphaned groups
+    orphan_timeout: float = JanitorConfig.orphan_timeout   # a process silent this long counts as dead
     shutdown_timeout: float = 8.0           # SIGTERM: seconds to complete operations
     slow_consumer_timeout: float = 30.0     # a frame unwritten this long ends the subscription
-    debug_hold_type: str | None = None      # tests only: entries of this type are read, never sent
     log_level: str = "info"
     log_format: str = "plain"               # or "json": one object per line
     graphiql: bool = True
@@ -75,59 +77,15 @@ class Settings:
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build `Settings` from the environment; raises SettingsError with the variable's name."""
+    """Build `Settings` from the environment: each field from `RAGLINE_<FIELD>`, its
+    default where that is unset or empty; raises SettingsError with the variable's name."""
     env = os.environ if environ is None else environ
-
-    def get(name: str) -> str | None:
-        return env.get(f"RAGLINE_{name}") or None
-
-    settings = Settings(
-        redis_url=get("REDIS_URL"),
-        data_dir=Path(get("DATA_DIR") or ".ragline"),
-        host=get("HOST") or "127.0.0.1",
-        port=_number(get, "PORT", 8000, int),
-        jwt_secret=get("JWT_SECRET"),
-        jwt_algorithms=_list(get("JWT_ALGORITHMS") or "HS256"),
-        jwt_public_key_file=Path(p) if (p := get("JWT_PUBLIC_KEY_FILE")) else None,
-        jwt_audience=get("JWT_AUDIENCE"),
-        jwt_issuer=get("JWT_ISSUER"),
-        jwt_leeway=_number(get, "JWT_LEEWAY", 0.0, float),
-        jwt_jwks_url=get("JWT_JWKS_URL"),
-        jwt_jwks_ttl=_number(get, "JWT_JWKS_TTL", 300.0, float),
-        jwt_jwks_min_refresh=_number(get, "JWT_JWKS_MIN_REFRESH", 30.0, float),
-        allowed_origins=_list(get("ALLOWED_ORIGINS") or ""),
-        init_timeout=_number(get, "INIT_TIMEOUT", 5.0, float),
-        ping_interval=_number(get, "PING_INTERVAL", 30.0, float),
-        ping_timeout=_number(get, "PING_TIMEOUT", 20.0, float),
-        max_frame_bytes=_number(get, "MAX_FRAME_BYTES", 64 * 1024, int),
-        max_subscriptions_per_connection=_number(get, "MAX_SUBSCRIPTIONS_PER_CONNECTION", 20, int),
-        max_connections_per_user=_number(get, "MAX_CONNECTIONS_PER_USER", 100, int),
-        max_connections_per_tenant=_number(get, "MAX_CONNECTIONS_PER_TENANT", 2000, int),
-        subscribe_rate=_number(get, "SUBSCRIBE_RATE", 10.0, float),
-        subscribe_burst=_number(get, "SUBSCRIBE_BURST", 40, int),
-        max_query_depth=_number(get, "MAX_QUERY_DEPTH", 10, int),
-        max_query_tokens=_number(get, "MAX_QUERY_TOKENS", 1000, int),
-        max_query_aliases=_number(get, "MAX_QUERY_ALIASES", 15, int),
-        introspection=_flag(get("INTROSPECTION"), True),
-        redis_max_connections=_number(get, "REDIS_MAX_CONNECTIONS", 6, int),
-        ack_interval=_number(get, "ACK_INTERVAL", 0.25, float),
-        durable_ttl=_number(get, "DURABLE_TTL", 24 * 3600.0, float),
-        janitor_interval=_number(get, "JANITOR_INTERVAL", 30.0, float),
-        orphan_timeout=_number(get, "ORPHAN_TIMEOUT", 30.0, float),
-        shutdown_timeout=_number(get, "SHUTDOWN_TIMEOUT", 8.0, float),
-        slow_consumer_timeout=_number(get, "SLOW_CONSUMER_TIMEOUT", 30.0, float),
-        debug_hold_type=get("DEBUG_HOLD_TYPE"),
-        log_level=(get("LOG_LEVEL") or "info").lower(),
-        log_format=(get("LOG_FORMAT") or "plain").lower(),
-        graphiql=_flag(get("GRAPHIQL"), True),
-        demo=_flag(get("DEMO"), False),
-        # seed-compat endpoints
-        ws_heartbeat=_number(get, "WS_HEARTBEAT", 30.0, float),
-        ws_orders_heartbeat=_number(get, "WS_ORDERS_HEARTBEAT", 45.0, float),
-        sse_heartbeat=_number(get, "SSE_HEARTBEAT", 15.0, float),
-        # bridge from the shared streams
-        bridge=_flag(get("BRIDGE"), False),
-    )
+    values: dict[str, Any] = {}
+    for spec in fields(Settings):
+        raw = env.get(_variable(spec.name))
+        if raw:
+            values[spec.name] = _parse(spec.name, raw)
+    settings = Settings(**values)
     validate(settings)
     return settings
 
@@ -145,10 +103,10 @@ def validate(settings: Settings) -> None:
         raise SettingsError("RAGLINE_LOG_FORMAT must be 'plain' or 'json'")
     for name in ("max_connections_per_user", "max_connections_per_tenant", "subscribe_rate", "subscribe_burst"):
         if getattr(settings, name) < 0:
-            raise SettingsError(f"RAGLINE_{name.upper()} must be >= 0")
+            raise SettingsError(f"{_variable(name)} must be >= 0")
     for name in ("max_subscriptions_per_connection", "max_query_depth", "max_query_tokens", "max_query_aliases"):
         if getattr(settings, name) < 1:
-            raise SettingsError(f"RAGLINE_{name.upper()} must be >= 1")
+            raise SettingsError(f"{_variable(name)} must be >= 1")
 
 
 def _validate_jwt(settings: Settings) -> None:
@@ -167,19 +125,33 @@ def _validate_jwt(settings: Settings) -> None:
         )
 
 
-def _flag(value: str | None, default: bool) -> bool:
-    return default if value is None else value.lower() not in {"0", "false", "no", "off"}
+def _variable(name: str) -> str:
+    return f"RAGLINE_{name.upper()}"
 
 
-def _list(value: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in value.split(",") if part.strip())
+def _parse(name: str, raw: str) -> object:
+    """The value of field `name` written as `raw`, by the field's type."""
+    kind = _TYPES[name]
+    if kind is bool:
+        return raw.lower() not in {"0", "false", "no", "off"}
+    if kind is int or kind is float:
+        try:
+            return kind(raw)
+        except ValueError:
+            raise SettingsError(f"{_variable(name)} must be a number, got {raw!r}") from None
+    if kind == tuple[str, ...]:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if name in _CASE_INSENSITIVE:
+        return raw.lower()
+    return kind(raw)  # str or Path
 
 
-def _number(get: Callable[[str], str | None], name: str, default: N, kind: Callable[[str], N]) -> N:
-    raw = get(name)
-    if raw is None:
-        return default
-    try:
-        return kind(raw)
-    except ValueError:
-        raise SettingsError(f"RAGLINE_{name} must be a number, got {raw!r}") from None
+def _field_type(hint: Any) -> Any:
+    """`Path | None` -> `Path`: unset is the default, never a value."""
+    if isinstance(hint, UnionType):
+        return next(arg for arg in get_args(hint) if arg is not NoneType)
+    return hint
+
+
+_TYPES = {name: _field_type(hint) for name, hint in get_type_hints(Settings).items()}
+_CASE_INSENSITIVE = frozenset({"log_level", "log_format"})

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 
 from schema.errors import ErrorCode, GatewayError
 from streaming.entries import Entry
+from streaming.hub import Accept
 
-Accept = Callable[[Entry], bool]
 MAX_TYPE_PATTERNS = 50
 ORDER_PREFIX = "order_"
 _PATTERN = re.compile(r"(?:[a-z][a-z0-9_.:-]{0,63})?\*?")

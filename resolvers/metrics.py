@@ -1,6 +1,6 @@
 """Delivery figures updated per event: plain ints, read by `/metrics` at scrape time.
 
-Per event the cost is one clock read, one bisect over fifteen bounds and two
+Per event the cost is one clock read, one bisect over the bucket bounds and two
 additions; nothing is allocated beyond the numbers themselves, nothing is
 locked, nothing is logged.
 """

@@ -17,14 +17,10 @@ from graphql import FieldNode
 
 from streaming.entries import Entry
 
+from .events import order_id, order_status
+
 Getter = Callable[[Entry], Any]
 Projector = Callable[[Entry], dict[str, Any]]
-
-
-def _status(entry: Entry) -> str | None:
-    status = entry.payload.get("status")
-    return None if status is None else str(status)
-
 
 _COMMON: dict[str, Getter] = {
     "id": lambda e: e.id,
@@ -41,8 +37,8 @@ _GETTERS: dict[str, dict[str, Getter]] = {
     },
     "orderEvents": {
         **_COMMON,
-        "orderId": lambda e: str(e.payload["order_id"]),
-        "status": _status,
+        "orderId": order_id,
+        "status": order_status,
         "__typename": lambda e: "OrderEvent",
     },
 }

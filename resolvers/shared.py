@@ -37,10 +37,11 @@ from graphql.validation import ASTValidationRule
 from schema.errors import GatewayError, masked
 from streaming import keys
 from streaming.entries import Entry
+from streaming.hub import Accept
 
 from .context import GatewayContext
 from .events import DeliveryStream, open_entries, to_event, to_order_event
-from .filters import Accept, order_filter, type_filter
+from .filters import order_filter, type_filter
 from .projection import Projector, compile_projection
 
 _ROOTS: dict[str, tuple[str, Callable[[Entry], Any]]] = {
@@ -135,7 +136,7 @@ class Planner:
         except TypeError:  # e.g. an integer beyond 64 bits: Strawberry's path says what is wrong
             return None
         # One plan per distinct subscription, shared by its subscribers: a plan and its
-        # compiled projection are kilobytes, and thousands of sockets send the same one.
+        # compiled projection are not small, and many sockets send the same one.
         if key in self._plans:
             self._plans.move_to_end(key)
             return self._plans[key]

@@ -1,4 +1,4 @@
-"""The GraphQL object types and scalars of the public schema (contract section 3)."""
+"""The GraphQL object types and scalars of the public schema."""
 
 from __future__ import annotations
 

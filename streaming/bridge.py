@@ -35,7 +35,9 @@ from redis.exceptions import ResponseError
 from . import keys
 from .connections import REDIS_ERRORS, AnyRedis, queue_script, same_slot_groups
 from .publish import DEFAULT_MAXLEN
-from .store import APPEND_ONCE_SCRIPT
+from .replies import text
+from .retry import next_pause
+from .store import APPEND_ONCE_SCRIPT, DLQ_MAXLEN
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +48,6 @@ COPIED_FIELDS = ("tenant_id", "event_type", "payload", "event_id", "occurred_at"
 # only has to cover another bridge that took the entry over while this one stalled.
 PENDING_MARKER_TTL_SECONDS = 7 * 24 * 3600
 ACKED_MARKER_TTL_SECONDS = 600
-DLQ_MAXLEN = 100_000
-MAX_BACKOFF_SECONDS = 5.0
 
 
 def default_consumer() -> str:
@@ -98,19 +98,19 @@ class Bridge:
         """Bridge until cancelled, retrying with backoff while Redis is unreachable.
         Cancelling at any point is safe: unacknowledged entries are retried on restart."""
         logger.info("bridge %s moving %s into per-tenant streams", self.config.consumer, ", ".join(self._streams))
-        delay = 0.1
+        pause = 0.0
         while True:
             try:
                 await self.start()
-                if delay > 0.1:
+                if pause:
                     logger.info("bridge: resumed")
-                delay = 0.1
+                pause = 0.0
                 await self._follow_all()
             except REDIS_ERRORS as error:
-                if delay == 0.1:
+                if not pause:
                     logger.warning("bridge: Redis error (%s); retrying with backoff", error)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+                pause = next_pause(pause)
+                await asyncio.sleep(pause)
 
     async def start(self) -> None:
         """Create the groups, then finish what this consumer read before it stopped."""
@@ -164,7 +164,7 @@ class Bridge:
             if not entries:
                 return
             await self.bridge(stream, entries)
-            after = _text(entries[-1][0])
+            after = text(entries[-1][0])
 
     async def claim_idle(self, stream: str) -> None:
         """Take over entries left pending by consumers idle for `claim_idle_ms` (dead bridges)."""
@@ -174,7 +174,7 @@ class Bridge:
                 stream, keys.BRIDGE_GROUP, self.config.consumer, self.config.claim_idle_ms,
                 start_id=cursor, count=self.config.batch,
             )
-            cursor, entries = _text(reply[0]), [e for e in reply[1] if e[0] is not None]
+            cursor, entries = text(reply[0]), [e for e in reply[1] if e[0] is not None]
             if entries:
                 logger.info("bridge: took over %s idle entries of %s", len(entries), stream)
                 await self.bridge(stream, entries)
@@ -185,18 +185,18 @@ class Bridge:
         replies: Any = await self.redis.xreadgroup(
             keys.BRIDGE_GROUP, self.config.consumer, streams, count=self.config.batch, block=block  # type: ignore[arg-type]
         )
-        return [(_text(stream), entries) for stream, entries in replies or []]
+        return [(text(stream), entries) for stream, entries in replies or []]
 
     async def bridge(self, stream: str, entries: list[RawEntry]) -> None:
         """Copy (or dead-letter) `entries` of `stream` in their order, then acknowledge them."""
         appends = await self.copy(stream, entries)
-        await self._acknowledge(stream, [_text(entry_id) for entry_id, _ in entries], appends)
+        await self._acknowledge(stream, [text(entry_id) for entry_id, _ in entries], appends)
 
     async def copy(self, stream: str, entries: list[RawEntry]) -> list[_Append]:
         """Append each entry to its tenant's stream (or the DLQ) in one round trip,
         skipping those whose marker says they were appended before."""
         source = self._streams[stream]
-        plans = [_plan(stream, source, _text(entry_id), raw, self.config.tenant_maxlen) for entry_id, raw in entries]
+        plans = [_plan(stream, source, text(entry_id), raw, self.config.tenant_maxlen) for entry_id, raw in entries]
         appends = [plan for plan in plans if plan is not None]  # None: trimmed while pending
         if appends:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -239,10 +239,12 @@ def _plan(stream: str, source: str, entry_id: str, raw: dict[Any, Any], tenant_m
     """Where one shared-stream entry goes: its tenant's stream, the DLQ, or nowhere (it is gone)."""
     if not raw:
         return None
-    fields = {_text(name): value for name, value in raw.items()}
+    # Producers' bytes: names and the tenant decoded leniently (an invalid one is dead-
+    # lettered, not a crash of the bridge); the values are copied as they are.
+    fields = {text(name, "replace"): value for name, value in raw.items()}
     provenance = {"source_stream": stream, "source_id": entry_id}
     tenant = fields.get("tenant_id")
-    tenant_id = tenant.decode("utf-8", "replace") if isinstance(tenant, bytes) else tenant
+    tenant_id = None if tenant is None else text(tenant, "replace")
     if tenant_id is None or not keys.is_valid_id(tenant_id):
         reason = "missing tenant_id" if tenant_id is None else "invalid tenant_id"
         return _Append(
@@ -258,7 +260,3 @@ def _plan(stream: str, source: str, entry_id: str, raw: dict[Any, Any], tenant_m
 
 def _flat(fields: dict[str, Any]) -> list[Any]:
     return [part for pair in fields.items() for part in pair]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from .keys import EVENT_TYPE_PATTERN, parse_stream_id
+from .replies import text
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +45,12 @@ Record = Entry | DeadLetter
 
 def parse_record(tenant_id: str, entry_id: str, raw: dict[Any, Any]) -> Record:
     """Validate one raw entry of `tenant_id`'s stream."""
-    fields = {_text(k): _text(v) for k, v in raw.items()}
     sort_key = parse_stream_id(entry_id)
+    try:
+        fields = {text(k): text(v) for k, v in raw.items()}
+    except UnicodeDecodeError:  # the dead letter keeps a readable copy; the entry stays in the stream
+        lossy = {text(k, "replace"): text(v, "replace") for k, v in raw.items()}
+        return DeadLetter(entry_id, sort_key, "a field is not UTF-8", lossy)
     reason = _problem(tenant_id, fields)
     if reason is not None:
         return DeadLetter(entry_id, sort_key, reason, fields)
@@ -88,7 +93,3 @@ def _occurred_at(value: str | None, sort_key: tuple[int, int]) -> datetime | Non
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

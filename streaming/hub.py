@@ -5,9 +5,10 @@ reads, parsed once, to those subscribers: on one Redis server it blocks in a sin
 `XREAD` over all of them; on a Redis Cluster, where one command cannot span slots,
 it reads the streams its nodes report as grown (`readers`). Each
 subscription has its own tenant-scoped consumer group that serves as its
-cursor: the group is moved (`XGROUP SETID`) only past entries that were
-written to the client, pipelined for all subscriptions at each flush (200
-moves per round trip). Subscribers never hold a Redis connection of their own.
+cursor (`Subscriber`): the group is moved (`XGROUP SETID`) only past entries that
+were written to the client, pipelined for all subscriptions at each flush
+(`FLUSH_CHUNK` moves per round trip). Subscribers never hold a Redis connection of
+their own.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from .counters import Counters
 from .entries import DeadLetter, Entry, Record, parse_record
 from .errors import CursorExpired, DurableTakenOver, InvalidCursor, Unavailable
 from .readers import StreamReader
+from .replies import text
+from .retry import next_pause
 from .store import ZERO_ID, Move, RedisStore, StreamBounds
-from .subscription import Feed, Subscription
+from .subscriber import Feed, Subscriber
 
 logger = logging.getLogger(__name__)
 Accept = Callable[[Entry], bool]
@@ -44,11 +47,9 @@ class HubConfig:
     block_ms: int = 2000            # longest wait for new entries; new feeds wake it early
     buffer_limit: int = 2000        # records buffered per subscription
     range_count: int = 500          # entries per catch-up XRANGE
-    ack_interval: float = 0.02      # seconds between cursor flushes
+    ack_interval: float = 0.25      # seconds between cursor flushes
     owner_check_interval: float = 1.0  # seconds between durable takeover checks
-    retry_max: float = 5.0          # longest pause between Redis retries
     takeover_wait: float = 2.0      # how long a takeover waits for the local older one
-    hold_type: str | None = None    # test hook: entries of this type are read but never sent
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,8 @@ class Hub:
         self._reader = reader
         self._feeds: dict[str, Feed] = {}
         self._feeds_changed = asyncio.Event()
-        self._dirty: dict[Subscription, None] = {}
-        self._durables: dict[tuple[str, str], Subscription] = {}
+        self._dirty: dict[Subscriber, None] = {}
+        self._durables: dict[tuple[str, str], Subscriber] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.available = True
         self._failing: set[str] = set()  # which loops see Redis failing: "reader", "flush", ...
@@ -105,7 +106,7 @@ class Hub:
     # -- subscribing ----------------------------------------------------------
 
     @asynccontextmanager
-    async def subscribe(self, tenant_id: str, kind: str, cursor: Cursor) -> AsyncIterator[Subscription]:
+    async def subscribe(self, tenant_id: str, kind: str, cursor: Cursor) -> AsyncIterator[Subscriber]:
         """A subscription with its own consumer group; everything is undone on exit.
 
         `kind` is `keys.EVENTS_KIND` or `keys.ORDERS_KIND`, which only names the group.
@@ -134,34 +135,34 @@ class Hub:
         del opening  # the finished task would otherwise live as long as the subscription
         # From here to the `try`, no await: the feed cannot end before we are in it.
         feed, created = self._join_feed(tenant_id, head)
-        subscription = Subscription(
+        subscriber = Subscriber(
             feed, group, start, self.read_range, owner=owner,
             buffer_limit=self.config.buffer_limit, range_count=self.config.range_count,
         )
-        feed.subscriptions.add(subscription)
+        feed.subscribers.add(subscriber)
         if owner is not None:
-            self._durables[(tenant_id, group)] = subscription
+            self._durables[(tenant_id, group)] = subscriber
         self.counters.tenant(tenant_id).subscriptions += 1
         try:
             if created:
                 await self._wake_reader(keys.events_key(tenant_id))
-            yield subscription
+            yield subscriber
         finally:
             self.counters.tenant(tenant_id).subscriptions -= 1
-            self._leave_feed(subscription)
+            self._leave_feed(subscriber)
             # Shielded: a cancel that lands while the subscription is already ending (its
             # socket closed mid-write, then the handler cancels it) must not leave the group.
-            await asyncio.shield(self._close_group(subscription))
+            await asyncio.shield(self._close_group(subscriber))
 
-    def deliveries(self, subscription: Subscription, accept: Accept) -> Deliveries:
+    def deliveries(self, subscriber: Subscriber, accept: Accept) -> Deliveries:
         """The subscription's accepted entries in order, each acknowledged only
         when the consumer asks for the next one, that is after it was written."""
-        return Deliveries(self, subscription, accept)
+        return Deliveries(self, subscriber, accept)
 
-    def ack(self, subscription: Subscription, record: Record) -> None:
+    def ack(self, subscriber: Subscriber, record: Record) -> None:
         """Record that `record` was written to the client (or skipped)."""
-        if subscription.ack(record):
-            self._dirty[subscription] = None
+        if subscriber.ack(record):
+            self._dirty[subscriber] = None
 
     async def read_range(self, tenant_id: str, after: str, count: int) -> list[Record]:
         """History read for a subscription that is behind the reader."""
@@ -174,9 +175,9 @@ class Hub:
         return records
 
     async def flush(self) -> None:
-        """Move every dirty subscription's group to its last written entry, in pipelines of
-        `FLUSH_CHUNK` moves: packing a thousand commands at once would hold up the
-        deliveries for tens of milliseconds, while between two chunks they go on."""
+        """Move every dirty subscriber's group to its last written entry, in pipelines of
+        `FLUSH_CHUNK` moves: between two of them the deliveries go on, where one pipeline
+        of every move would hold them up."""
         if not self._dirty:
             return
         batch = list(self._dirty)
@@ -190,9 +191,9 @@ class Hub:
             except REDIS_ERRORS:
                 self._dirty.update(dict.fromkeys(s for s in batch[start:] if not s.closing))
                 raise
-            for subscription, still_owner in zip(chunk, kept, strict=True):
+            for subscriber, still_owner in zip(chunk, kept, strict=True):
                 if not still_owner:
-                    subscription.fail(DurableTakenOver("A newer subscription took over this durable cursor"))
+                    subscriber.fail(DurableTakenOver("A newer subscription took over this durable cursor"))
 
     async def probe(self) -> bool:
         """Whether Redis answers; a cheap PING only while an outage is known."""
@@ -213,8 +214,8 @@ class Hub:
     def figures(self) -> dict[str, dict[str, int]]:
         """This process's figures by tenant: counters plus entries read but not yet written."""
         pending: dict[str, int] = {}
-        for subscription in self.subscriptions():
-            pending[subscription.tenant_id] = pending.get(subscription.tenant_id, 0) + subscription.pending
+        for subscriber in self.subscribers():
+            pending[subscriber.tenant_id] = pending.get(subscriber.tenant_id, 0) + subscriber.pending
         return {
             tenant_id: {
                 "connections": c.connections,
@@ -243,8 +244,8 @@ class Hub:
                         total[name] = total.get(name, 0) + value
         return totals
 
-    def subscriptions(self) -> list[Subscription]:
-        return [s for feed in self._feeds.values() for s in feed.subscriptions]
+    def subscribers(self) -> list[Subscriber]:
+        return [s for feed in self._feeds.values() for s in feed.subscribers]
 
     # -- groups ---------------------------------------------------------------
 
@@ -293,23 +294,23 @@ class Hub:
             await self.store.move_groups([Move(tenant_id, group, start)])
         return start
 
-    async def _close_group(self, subscription: Subscription) -> None:
+    async def _close_group(self, subscriber: Subscriber) -> None:
         """Ephemeral: destroy the group. Durable: flush the cursor and let go of the name."""
-        subscription.closing = True  # before any await: a concurrent flush must not recreate the group
-        self._dirty.pop(subscription, None)
-        tenant_id, group, owner = subscription.tenant_id, subscription.group, subscription.owner
+        subscriber.closing = True  # before any await: a concurrent flush must not recreate the group
+        self._dirty.pop(subscriber, None)
+        tenant_id, group, owner = subscriber.tenant_id, subscriber.group, subscriber.owner
         try:
             if owner is None:
                 await self.store.destroy_group(tenant_id, group)
             else:
-                await self.store.move_groups([_move(subscription)])
+                await self.store.move_groups([_move(subscriber)])
                 await self.store.release_durable(tenant_id, group, owner)
         except REDIS_ERRORS as error:
             logger.warning("could not release group %s: %s", group, error)
         finally:
-            if self._durables.get((tenant_id, group)) is subscription:
+            if self._durables.get((tenant_id, group)) is subscriber:
                 del self._durables[(tenant_id, group)]
-            subscription.mark_closed()
+            subscriber.mark_closed()
 
     # -- the shared reader ----------------------------------------------------
 
@@ -328,10 +329,10 @@ class Hub:
         with suppress(*REDIS_ERRORS):
             await asyncio.shield(self.store.destroy_group(tenant_id, group))
 
-    def _leave_feed(self, subscription: Subscription) -> None:
-        feed = subscription.feed
-        feed.subscriptions.discard(subscription)
-        if not feed.subscriptions and self._feeds.get(feed.tenant_id) is feed:
+    def _leave_feed(self, subscriber: Subscriber) -> None:
+        feed = subscriber.feed
+        feed.subscribers.discard(subscriber)
+        if not feed.subscribers and self._feeds.get(feed.tenant_id) is feed:
             del self._feeds[feed.tenant_id]
 
     async def _wake_reader(self, key: str) -> None:
@@ -348,7 +349,7 @@ class Hub:
             try:
                 await self._read_once()
             except REDIS_ERRORS as error:
-                pause = min(self.config.retry_max, max(0.1, pause * 2))
+                pause = next_pause(pause)
                 self._on_outage(error, READER)
                 await asyncio.sleep(pause)
                 continue
@@ -366,14 +367,14 @@ class Hub:
             {key: feed.head for key, feed in feeds.items()}, self.config.read_count, self.config.block_ms
         )
         for raw_key, entries in reply:
-            feed = feeds.get(_text(raw_key))  # a cluster read can outlive the feed it was for
+            feed = feeds.get(text(raw_key))  # a cluster read can outlive the feed it was for
             if feed is not None:
                 await self._dispatch(feed, entries)
 
     async def _dispatch(self, feed: Feed, entries: list[Any]) -> None:
         if self._feeds.get(feed.tenant_id) is not feed:
             return  # the feed ended while we were reading
-        records = [parse_record(feed.tenant_id, _text(entry_id), fields) for entry_id, fields in entries]
+        records = [parse_record(feed.tenant_id, text(entry_id), fields) for entry_id, fields in entries]
         if records and records[0].sort_key <= feed.head_key:  # read for an older feed of this tenant
             records = [record for record in records if record.sort_key > feed.head_key]
             if not records:
@@ -381,8 +382,8 @@ class Hub:
         await self._dead_letter(feed.tenant_id, records)
         prev_key = feed.head_key
         feed.head, feed.head_key = records[-1].id, records[-1].sort_key
-        for subscription in list(feed.subscriptions):
-            subscription.offer(prev_key, records)
+        for subscriber in list(feed.subscribers):
+            subscriber.offer(prev_key, records)
 
     async def _dead_letter(self, tenant_id: str, records: list[Record]) -> None:
         for record in records:
@@ -399,7 +400,7 @@ class Hub:
             try:
                 await self.flush()
             except REDIS_ERRORS as error:
-                pause = min(self.config.retry_max, max(0.1, pause * 2))
+                pause = next_pause(pause)
                 self._on_outage(error, FLUSH)
                 continue
             pause = 0.0
@@ -416,9 +417,9 @@ class Hub:
                 self._on_outage(error, OWNERS)
                 continue
             self._on_recovery(OWNERS)
-            for (_, subscription), owner in zip(held, owners, strict=True):
-                if owner is not None and owner != subscription.owner:
-                    subscription.fail(DurableTakenOver("A newer subscription took over this durable cursor"))
+            for (_, subscriber), owner in zip(held, owners, strict=True):
+                if owner is not None and owner != subscriber.owner:
+                    subscriber.fail(DurableTakenOver("A newer subscription took over this durable cursor"))
 
     def _on_outage(self, error: BaseException, source: str = COMMANDS) -> None:
         """`source` met a Redis error; the first one of an outage is logged."""
@@ -448,34 +449,31 @@ class Deliveries:
     wrote it; entries the filter skips are acknowledged at once.
     """
 
-    __slots__ = ("_accept", "_counters", "_hold_type", "_hub", "_last", "_subscription")
+    __slots__ = ("_accept", "_counters", "_hub", "_last", "_subscriber")
 
-    def __init__(self, hub: Hub, subscription: Subscription, accept: Accept) -> None:
+    def __init__(self, hub: Hub, subscriber: Subscriber, accept: Accept) -> None:
         self._hub = hub
-        self._subscription = subscription
+        self._subscriber = subscriber
         self._accept = accept
-        self._counters = hub.counters.tenant(subscription.tenant_id)
-        self._hold_type = hub.config.hold_type
+        self._counters = hub.counters.tenant(subscriber.tenant_id)
         self._last: Entry | None = None
 
     def __aiter__(self) -> Deliveries:
         return self
 
     async def __anext__(self) -> Entry:
-        subscription, counters = self._subscription, self._counters
+        subscriber, counters = self._subscriber, self._counters
         written, self._last = self._last, None
         if written is not None:
             counters.delivered += 1
-            self._hub.ack(subscription, written)
+            self._hub.ack(subscriber, written)
         while True:
-            record = await subscription.next_record()
+            record = await subscriber.next_record()
             if isinstance(record, Entry) and self._accept(record):
-                if record.event_type == self._hold_type:
-                    await asyncio.Event().wait()  # test hook: read, never sent
                 self._last = record
                 return record
             counters.skipped += 1
-            self._hub.ack(subscription, record)
+            self._hub.ack(subscriber, record)
 
     async def aclose(self) -> None:
         """Nothing to release (the group belongs to `Hub.subscribe`); the last entry
@@ -506,20 +504,16 @@ def _check_not_expired(after: str, bounds: StreamBounds) -> None:
         raise CursorExpired(f"Events after {after} were trimmed from the stream; resubscribe without 'after'")
 
 
-def _not_closing(chunk: list[Subscription]) -> Callable[[int], bool]:
+def _not_closing(chunk: list[Subscriber]) -> Callable[[int], bool]:
     return lambda index: not chunk[index].closing
 
 
-def _move(subscription: Subscription) -> Move:
-    return Move(subscription.tenant_id, subscription.group, subscription.acked, subscription.owner)
+def _move(subscriber: Subscriber) -> Move:
+    return Move(subscriber.tenant_id, subscriber.group, subscriber.acked, subscriber.owner)
 
 
 def new_process_id() -> str:
     return uuid.uuid4().hex[:12]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 __all__ = ["ZERO_ID", "Accept", "Cursor", "Deliveries", "Durable", "Hub", "HubConfig", "new_process_id"]

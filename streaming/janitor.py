@@ -16,13 +16,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 from redis.exceptions import ResponseError
 
 from . import keys
 from .connections import REDIS_ERRORS, AnyRedis
+from .replies import text
 
 logger = logging.getLogger(__name__)
 Figures = Callable[[], dict[str, dict[str, int]]]
@@ -33,7 +33,7 @@ class JanitorConfig:
     process_id: str
     orphan_timeout: float = 30.0     # a process silent this long is dead
     interval: float = 30.0           # seconds between sweeps (cluster-wide)
-    durable_ttl: float = 24 * 3600   # idle durable cursors expire after this
+    durable_ttl: float = 24 * 3600.0  # idle durable cursors expire after this
 
 
 @dataclass
@@ -81,7 +81,7 @@ class Janitor:
         report = SweepReport()
         alive: dict[str, bool] = {}
         async for raw_key in self.redis.scan_iter(match=f"{keys.PREFIX}:{{*}}:events", count=500):
-            key = _text(raw_key)
+            key = text(raw_key, "replace")  # anyone may create a key that matches
             tenant_id = keys.tenant_from_events_key(key)
             if tenant_id is not None:
                 await self._sweep_stream(key, tenant_id, alive, report)
@@ -99,7 +99,7 @@ class Janitor:
             return
         registry = keys.durable_registry_key(tenant_id)
         for info in groups:
-            group = _text(info["name"])
+            group = text(info["name"], "replace")  # as may a group on our stream
             parsed = keys.parse_group(group, tenant_id)
             if parsed is None:
                 continue
@@ -114,18 +114,14 @@ class Janitor:
 
     async def _durable_expired(self, registry: str, group: str, alive: dict[str, bool]) -> bool:
         owner, seen = await self.redis.hmget(registry, [f"owner:{group}", f"seen:{group}"])
-        if owner is not None and await self._alive(_text(owner).split(":")[0], alive):
+        if owner is not None and await self._alive(text(owner).split(":")[0], alive):
             return False
         if seen is None:  # never recorded: start its clock now
             await self.redis.hset(registry, f"seen:{group}", int(time.time()))
             return False
-        return time.time() - float(_text(seen)) > self.config.durable_ttl
+        return time.time() - float(text(seen)) > self.config.durable_ttl
 
     async def _alive(self, process_id: str, cache: dict[str, bool]) -> bool:
         if process_id not in cache:
             cache[process_id] = bool(await self.redis.exists(keys.process_key(process_id)))
         return cache[process_id]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

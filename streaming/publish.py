@@ -1,4 +1,4 @@
-"""Appending events: the producer side of the contract, for the CLI, demo and tests."""
+"""Appending events as producers must write them (docs/publishing.md), for the CLI, demo and tests."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
@@ -31,11 +31,14 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ClusterDownError, RedisClusterException, ResponseError, TryAgainError
 
 from .connections import REDIS_ERRORS, AnyRedis, node_url, open_cluster_reads, open_single
+from .replies import text
+from .retry import FIRST_PAUSE, next_pause
 
 logger = logging.getLogger(__name__)
 RawReply = list[tuple[Any, list[Any]]]  # XREAD's reply: (stream key, [(entry id, fields), ...])
 NOTIFY_CONFIG = "notify-keyspace-events"
 XADD_CHANNEL = "__keyevent@0__:xadd"
+MAP_RETRY_PAUSE = 1.0  # seconds before a reader that could not learn the slot map asks again
 
 
 class StreamReader(Protocol):
@@ -129,13 +132,11 @@ class NotifiedReader:
         open_node: Callable[[str, int], Redis],
         *,
         poll_interval: float = 0.1,
-        retry_max: float = 5.0,
         straggler: float = 0.05,
     ) -> None:
         self._cluster = cluster
         self._open_node = open_node  # one connection to one node, for its notifications
         self._poll_interval = poll_interval
-        self._retry_max = retry_max
         self._straggler = straggler    # how long a read waits for a slow node before handing over the rest
         self._listeners: dict[str, NodeListener] = {}
         self._wanted: set[str] = set()
@@ -154,7 +155,7 @@ class NotifiedReader:
             await self._follow_primaries()
         except REDIS_ERRORS as error:
             self.failure = error
-            await asyncio.sleep(self._retry_max / 5)
+            await asyncio.sleep(MAP_RETRY_PAUSE)
             return []
         if not self._finished():
             await self._wait(block_ms)
@@ -209,7 +210,7 @@ class NotifiedReader:
             node = primaries[name]
             client = self._open_node(node.host, int(node.port))
             self._listeners[name] = NodeListener(
-                name, client, self._notified, self._resubscribed, self._poll_interval, self._retry_max
+                name, client, self._notified, self._resubscribed, self._poll_interval
             )
 
     # -- reading -------------------------------------------------------------
@@ -287,7 +288,7 @@ class NotifiedReader:
                 self._backoff.pop(name, None)
                 outcome = read.task.result()
                 reply += outcome
-                self._dirty.update(_text(key) for key, entries in outcome if len(entries) >= count)
+                self._dirty.update(text(key) for key, entries in outcome if len(entries) >= count)
         self.failure = failure or (self.failure if self._backoff else None)
         return reply
 
@@ -321,47 +322,42 @@ class NotifiedReader:
 
     def _pause(self, name: str, error: BaseException) -> None:
         """Back off from a failing node; a node that says the cluster is down (while a
-        failed primary's replica is being promoted) is asked again every 0.1 s, as that
-        ends all at once."""
+        failed primary's replica is being promoted) is asked again after the shortest
+        pause, as that ends all at once."""
         previous = self._backoff.get(name)
-        pause = min(self._retry_max, max(0.1, previous.pause * 2 if previous else 0.1))
+        pause = next_pause(previous.pause if previous else 0.0)
         if isinstance(error, ClusterDownError | TryAgainError):
-            pause = 0.1
+            pause = FIRST_PAUSE
         self._backoff[name] = _Backoff(pause, time.monotonic() + pause)
 
 
+@dataclass(eq=False)
 class NodeListener:
-    """The `xadd` keyevents of one primary, on a connection of its own.
+    """The `xadd` keyevents of one primary, on a connection of its own; listening from
+    construction until `stop`.
 
     `notified` is True while subscribed; False before, after an error, and for good
     when the node will not send them (CONFIG refused), so the reader polls it.
     """
 
-    def __init__(
-        self,
-        name: str,
-        client: Redis,
-        on_key: Callable[[str], None],
-        on_subscribed: Callable[[], None],
-        poll_interval: float,
-        retry_max: float,
-    ) -> None:
-        self.name = name
-        self.notified = False
-        self._client = client
-        self._on_key = on_key
-        self._on_subscribed = on_subscribed
-        self._poll_interval = poll_interval
-        self._retry_max = retry_max
-        self._pause = 0.0
-        self._task = asyncio.create_task(self._run(), name=f"ragline-notifications:{name}")
+    name: str
+    client: Redis
+    on_key: Callable[[str], None]        # a stream of the node grew
+    on_subscribed: Callable[[], None]    # (re)subscribed: notifications before were missed
+    poll_interval: float                 # how often the reader polls a node that sends none
+    notified: bool = field(default=False, init=False)
+    _pause: float = field(default=0.0, init=False)
+    _task: asyncio.Task[None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"ragline-notifications:{self.name}")
 
     async def stop(self) -> None:
         self._task.cancel()
         with suppress(asyncio.CancelledError):
             await self._task
         with suppress(*REDIS_ERRORS):
-            await self._client.aclose()
+            await self.client.aclose()
 
     async def _run(self) -> None:
         while True:
@@ -371,42 +367,38 @@ class NodeListener:
                 await self._listen()
             except REDIS_ERRORS as error:
                 self.notified = False
-                self._pause = min(self._retry_max, max(0.1, self._pause * 2))
+                self._pause = next_pause(self._pause)
                 logger.debug("notifications of Redis node %s interrupted (%s)", self.name, error)
                 await asyncio.sleep(self._pause)
 
     async def _enable(self) -> bool:
         """Make the node publish `xadd` keyevents unless it already does; False if it refuses."""
         try:
-            reply = await self._client.config_get(NOTIFY_CONFIG)
-            flags = next((_text(value) for value in reply.values()), "")
+            reply = await self.client.config_get(NOTIFY_CONFIG)
+            flags = next((text(value) for value in reply.values()), "")
             missing = ("" if "E" in flags else "E") + ("" if "t" in flags or "A" in flags else "t")
             if missing:
-                await self._client.config_set(NOTIFY_CONFIG, flags + missing)
+                await self.client.config_set(NOTIFY_CONFIG, flags + missing)
                 logger.info("Redis node %s: %s set to %r for the shared reader", self.name, NOTIFY_CONFIG, flags + missing)
         except ResponseError as error:
             logger.warning(
                 "Redis node %s does not send stream notifications and refused to (%s): its streams are "
                 "read every %s ms; set %s to include 'Et' to read them as soon as they grow",
-                self.name, error, int(self._poll_interval * 1000), NOTIFY_CONFIG,
+                self.name, error, int(self.poll_interval * 1000), NOTIFY_CONFIG,
             )
             return False
         return True
 
     async def _listen(self) -> None:
-        pubsub = self._client.pubsub()
+        pubsub = self.client.pubsub()
         try:
             await pubsub.subscribe(XADD_CHANNEL)
             async for message in pubsub.listen():
                 if message["type"] == "message":
-                    self._on_key(_text(message["data"]))
+                    self.on_key(text(message["data"], "replace"))  # any stream of the node
                 elif message["type"] == "subscribe":
                     self.notified, self._pause = True, 0.0
-                    self._on_subscribed()
+                    self.on_subscribed()
         finally:
             self.notified = False
             await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

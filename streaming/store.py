@@ -20,6 +20,7 @@ from redis.exceptions import ResponseError
 from . import keys
 from .connections import AnyRedis, queue_script
 from .entries import DeadLetter, Record, parse_record
+from .replies import text
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ end
 return 0
 """
 DLQ_SEEN_TTL_SECONDS = 7 * 24 * 3600
-DLQ_MAXLEN = 100_000
+DLQ_MAXLEN = 100_000  # entries kept in a dead-letter stream: the tenants' and the bridge's
 ZERO_ID = "0-0"
 
 # Move a durable cursor only while this subscription still owns the name;
@@ -79,11 +80,11 @@ class RedisStore:
     async def stream_end(self, tenant_id: str) -> str:
         """Id of the newest entry, or 0-0 for an empty or missing stream."""
         newest = await self.redis.xrevrange(keys.events_key(tenant_id), count=1)
-        return _text(newest[0][0]) if newest else ZERO_ID
+        return text(newest[0][0]) if newest else ZERO_ID
 
     async def stream_start(self, tenant_id: str) -> str | None:
         oldest = await self.redis.xrange(keys.events_key(tenant_id), count=1)
-        return _text(oldest[0][0]) if oldest else None
+        return text(oldest[0][0]) if oldest else None
 
     async def bounds(self, tenant_id: str) -> StreamBounds:
         try:
@@ -93,15 +94,15 @@ class RedisStore:
         first = info.get("first-entry")
         deleted = info.get("max-deleted-entry-id")
         return StreamBounds(
-            first=_text(first[0]) if first else None,
-            last_generated=_text(info["last-generated-id"]),
-            max_deleted=_text(deleted) if deleted is not None else None,
+            first=text(first[0]) if first else None,
+            last_generated=text(info["last-generated-id"]),
+            max_deleted=text(deleted) if deleted is not None else None,
         )
 
     async def read_after(self, tenant_id: str, after: str, count: int) -> list[Record]:
         """Up to `count` entries strictly after `after`, parsed."""
         raw: Any = await self.redis.xrange(keys.events_key(tenant_id), min=f"({after}", count=count)
-        return [parse_record(tenant_id, _text(entry_id), fields) for entry_id, fields in raw]
+        return [parse_record(tenant_id, text(entry_id), fields) for entry_id, fields in raw]
 
     async def create_group(self, tenant_id: str, group: str, at: str) -> None:
         await self.redis.xgroup_create(keys.events_key(tenant_id), group, id=at, mkstream=True)
@@ -113,8 +114,8 @@ class RedisStore:
         except ResponseError:
             return None
         for info in groups:
-            if _text(info["name"]) == group:
-                return _text(info["last-delivered-id"])
+            if text(info["name"]) == group:
+                return text(info["last-delivered-id"])
         return None
 
     async def destroy_group(self, tenant_id: str, group: str) -> None:
@@ -158,7 +159,7 @@ class RedisStore:
         """Every live process's published figures, by process id. On a cluster the
         SCAN runs on every primary, and the GETs are pipelined per node (their keys
         have no common slot, so one MGET cannot fetch them)."""
-        names = [_text(k) async for k in self.redis.scan_iter(match=keys.PROCESS_PATTERN, count=500)]
+        names = [text(k, "replace") async for k in self.redis.scan_iter(match=keys.PROCESS_PATTERN, count=500)]
         values: list[Any] = []
         if names:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -190,7 +191,7 @@ class RedisStore:
             for tenant_id, group in names:
                 pipe.hget(keys.durable_registry_key(tenant_id), f"owner:{group}")
             owners = await pipe.execute()
-        return [None if owner is None else _text(owner) for owner in owners]
+        return [None if owner is None else text(owner) for owner in owners]
 
     async def dead_letter(self, tenant_id: str, record: DeadLetter) -> bool:
         """Copy `record` to the tenant's DLQ; True when this call wrote it."""
@@ -211,7 +212,3 @@ class Move:
     group: str
     entry_id: str
     owner: str | None = None
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -37,8 +37,8 @@ from helpers import (
     publish,
     wait_until,
 )
+from resolvers.root import build_schema
 from resolvers.shared import Planner
-from schema.root import build_schema
 
 pytestmark = pytest.mark.anyio
 ONE_MB = 1 << 20

@@ -181,6 +181,23 @@ async def test_an_entry_missing_payload_does_not_stop_the_subscription(
     assert [(f[b"original_id"].decode(), f[b"reason"].decode()) for _, f in dead] == [(bad, "missing field payload")]
 
 
+async def test_an_entry_that_is_not_utf8_is_dead_lettered_and_the_subscription_goes_on(
+    gateway: GatewayServer, redis_client: redis.Redis, tenant: str
+) -> None:
+    async with connect(gateway.ws_url, token=make_token(tenant)) as client:
+        await client.subscribe("1", EVENTS_QUERY)
+        await subscribed(gateway, tenant)
+        before = publish(redis_client, tenant, "order_created", {"n": 1})
+        bad = redis_client.xadd(
+            f"ragline:{{{tenant}}}:events",
+            {"event_type": "order_created", "tenant_id": tenant, "payload": b'{"note": "\xff"}'},
+        ).decode()
+        after = publish(redis_client, tenant, "order_created", {"n": 2})
+        assert [e["id"] for e in await client.collect("1", "events", 2)] == [before, after]
+    dead = redis_client.xrange(f"ragline:{{{tenant}}}:dlq")
+    assert [(f[b"original_id"].decode(), f[b"reason"].decode()) for _, f in dead] == [(bad, "a field is not UTF-8")]
+
+
 async def test_legacy_graphql_ws_clients_receive_events(
     gateway: GatewayServer, redis_client: redis.Redis, tenant: str
 ) -> None:

@@ -1,4 +1,8 @@
-"""The assembled schema: root types wired to the resolvers; `SCHEMA` is what `/graphql` serves."""
+"""The root types (`Query`, `Subscription`) wired to the resolvers, and the schema built from them.
+
+`app.py` serves `build_schema(...)` with the limits of `gateway.limits`; `SCHEMA`, without
+extensions, is what `ragline schema` exports (graphql/schema.graphql): the same types.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,12 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext, Info
 from strawberry.types.unset import UNSET
 
-from resolvers import GatewayContext, open_events, open_order_events, resolve_stats
+from schema.errors import is_internal
+from schema.types import SCALARS, Event, OrderEvent, Stats
 
-from .errors import is_internal
-from .types import SCALARS, Event, OrderEvent, Stats
+from .context import GatewayContext
+from .events import open_events, open_order_events
+from .stats import resolve_stats
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """One subscriber's ordered view of its tenant's stream.
 
-A `Subscription` is a cursor: it hands out the records after its position in
+A `Subscriber` is a cursor (what `Hub.subscribe` yields): it hands out the records after its position in
 stream order, without gaps. Live records arrive from the shared reader
 (`offer`); whenever it has missed some (it started behind the reader, or its
 buffer was full) it reads the gap from Redis itself, so a slow subscriber
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from .entries import Record
 from .errors import StreamingError, Unavailable
 from .keys import parse_stream_id
+from .retry import next_pause
 
 
 @dataclass(eq=False)
@@ -26,14 +27,13 @@ class Feed:
     tenant_id: str
     head: str
     head_key: tuple[int, int]
-    subscriptions: set[Subscription] = field(default_factory=set)
+    subscribers: set[Subscriber] = field(default_factory=set)
 
 
-RETRY_MAX = 5.0
 RangeReader = Callable[[str, str, int], Awaitable[list[Record]]]
 
 
-class Subscription:
+class Subscriber:
     """Ordered records after a start position, for one consumer group."""
 
     def __init__(
@@ -59,7 +59,7 @@ class Subscription:
         self.unacked = 0
         self._tail = start
         self._tail_key = parse_stream_id(start)
-        self._queue: deque[Record] | None = None  # made on first use: an empty deque is ~0.7 KB
+        self._queue: deque[Record] | None = None  # made on first use: most of the time there is none
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None  # while next_record waits (cheaper than an Event)
         self._behind = True
@@ -145,7 +145,7 @@ class Subscription:
             records = await self._read_range(self.tenant_id, self._tail, self._range_count)
         except Unavailable:
             # Redis is away: wait for it rather than end; the hub logs the outage.
-            self._pause = min(RETRY_MAX, max(0.1, self._pause * 2))
+            self._pause = next_pause(self._pause)
             await asyncio.sleep(self._pause)
             return
         self._pause = 0.0
