@@ -26,15 +26,14 @@ from schema.errors import ErrorCode
 from streaming.entries import Entry
 from streaming.errors import SlowConsumer, StreamingError
 from streaming.hub import Accept, Hub
-from streaming.subscription import Subscription
+from streaming.subscriber import Subscriber
 
+from . import closes
 from .auth import AuthError, AuthFailure, token_from_request
 from .runtime import Runtime
 
 Message = dict[str, Any]
 LAST_EVENT_ID_PARAM = "last_event_id"
-FINAL_WRITE_TIMEOUT = 1.0   # seconds for the last words to a client that may have stopped reading
-SLOW_CONSUMER_MESSAGE = "Slow consumer: the client did not read its events in time; reconnect with last_event_id"
 COMPAT_KIND = "compat"      # the `kind` of /ws and /stream subscriptions in /metrics
 
 
@@ -131,7 +130,7 @@ class Drain:
 
 async def pump(
     hub: Hub,
-    subscription: Subscription,
+    subscription: Subscriber,
     accept: Accept,
     write: Callable[[Entry], Awaitable[None]],
     metrics: DeliveryMetrics | None = None,
@@ -160,7 +159,7 @@ async def bounded_write(lock: asyncio.Lock, timeout: float) -> AsyncIterator[Non
         async with asyncio.timeout(timeout), lock:
             yield
     except TimeoutError:
-        raise SlowConsumer(SLOW_CONSUMER_MESSAGE) from None
+        raise SlowConsumer(closes.WS_SLOW_CONSUMER.reason) from None
 
 
 async def beat(interval: float, write: Callable[[], Awaitable[None]]) -> None:

@@ -26,10 +26,11 @@ from streaming import keys
 from streaming.entries import Entry
 from streaming.errors import StreamingError
 from streaming.hub import Accept, Cursor
-from streaming.subscription import Subscription
+from streaming.subscriber import Subscriber
 
+from . import closes
+from .closes import FINAL_WRITE_TIMEOUT
 from .compat_base import (
-    FINAL_WRITE_TIMEOUT,
     Drain,
     Message,
     bounded_write,
@@ -115,7 +116,7 @@ class EventStream(Response):
         if self.background is not None:
             await self.background()
 
-    async def _stream(self, subscription: Subscription, receive: Receive, send: Send) -> None:
+    async def _stream(self, subscription: Subscriber, receive: Receive, send: Send) -> None:
         """Send the status line and the greeting, then run the stream's jobs until the first ends."""
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         self._started = True
@@ -145,7 +146,7 @@ class EventStream(Response):
     async def _expire(self, send: Send) -> None:
         """End the stream when the token expires; the client reconnects with a fresh one."""
         await until_expiry(self.principal)
-        error = {"code": ErrorCode.UNAUTHENTICATED.value, "message": "Token expired"}
+        error = {"code": ErrorCode.UNAUTHENTICATED.value, "message": closes.TOKEN_EXPIRED.reason}
         await self._last_words(send, named_frame(ERROR_EVENT, error))
 
     def _connected(self) -> Message:

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -33,9 +33,10 @@ from streaming.entries import Entry
 from streaming.errors import StreamingError
 from streaming.hub import Accept, Cursor
 
+from . import closes
 from .auth import AuthError
+from .closes import FINAL_WRITE_TIMEOUT, CloseCode, close_reason
 from .compat_base import (
-    FINAL_WRITE_TIMEOUT,
     Drain,
     Message,
     MissingToken,
@@ -60,23 +61,9 @@ logger = logging.getLogger(__name__)
 
 ORDER_TYPES = ("order_created", "order_updated", "order_completed", "order_failed")
 LEGACY_ALL = "all"          # the seed's "every type" subscription; the same as "*"
-MAX_REASON_BYTES = 123      # a close frame's reason must fit in 123 bytes
-
-
-class CloseCode(IntEnum):
-    """Why the server closed a `/ws` socket."""
-
-    GOING_AWAY = 1001           # the gateway is shutting down: reconnect with last_event_id
-    POLICY_VIOLATION = 1008     # missing, invalid or expired token
-    INTERNAL_ERROR = 1011       # a subscription error without a more specific code
-    TRY_AGAIN_LATER = 1013      # Redis unavailable, or the client fell too far behind
-    BAD_REQUEST = 4400          # malformed last_event_id
-    CURSOR_EXPIRED = 4409       # last_event_id older than what the stream still holds
-
-
 _CLOSE_CODES: dict[ErrorCode, CloseCode] = {
     ErrorCode.BAD_USER_INPUT: CloseCode.BAD_REQUEST,
-    ErrorCode.CURSOR_EXPIRED: CloseCode.CURSOR_EXPIRED,
+    ErrorCode.CURSOR_EXPIRED: CloseCode.CONFLICT,
     ErrorCode.UNAVAILABLE: CloseCode.TRY_AGAIN_LATER,
     ErrorCode.SLOW_CONSUMER: CloseCode.TRY_AGAIN_LATER,
 }
@@ -210,7 +197,7 @@ class SocketSession:
             await self._serve(after)
         except StreamingError as error:  # from the hub, or a write the client did not take in time
             await self._fail(error)
-        await self.close(CloseCode.GOING_AWAY, "Stream ended")  # unless something closed it already
+        await self.close(closes.WS_STREAM_ENDED.code, closes.WS_STREAM_ENDED.reason)  # unless closed already
 
     async def _serve(self, after: str | None) -> None:
         cursor = Cursor(after=after)
@@ -237,10 +224,15 @@ class SocketSession:
         reading gets FINAL_WRITE_TIMEOUT, then its connection is dropped."""
         with suppress(TimeoutError, WebSocketDisconnect):
             async with asyncio.timeout(FINAL_WRITE_TIMEOUT), self._lock:
-                if self._closed or self.websocket.client_state is not WebSocketState.CONNECTED:
+                if self._closed or not self._open():
                     return
                 self._closed = True
-                await self.websocket.close(code, _fit(reason))
+                await self.websocket.close(code, close_reason(reason))
+
+    def _open(self) -> bool:
+        """Both sides are: the client's, and ours (a failed write leaves ours disconnected)."""
+        states = (self.websocket.client_state, self.websocket.application_state)
+        return all(state is WebSocketState.CONNECTED for state in states)
 
     async def reply(self, text: str | None) -> Message:
         """The one answer to a client message: its reply, or an `error` that leaves the socket open."""
@@ -266,11 +258,11 @@ class SocketSession:
     async def _expire(self) -> None:
         await until_expiry(self.principal)
         logger.info("closing client %s of tenant %s: token expired", self.client_id, self.principal.tenant_id)
-        await self.close(CloseCode.POLICY_VIOLATION, "Token expired")
+        await self.close(closes.WS_TOKEN_EXPIRED.code, closes.WS_TOKEN_EXPIRED.reason)
 
     async def _shut_down(self) -> None:
         await self.drain.requested.wait()
-        await self.close(CloseCode.GOING_AWAY, "Server shutting down")
+        await self.close(closes.WS_SHUTDOWN.code, closes.WS_SHUTDOWN.reason)
 
     async def _heartbeat(self) -> None:
         await self.send(self._labelled({"type": ServerMessage.HEARTBEAT, "timestamp": now()}))
@@ -343,5 +335,3 @@ def error_message(code: ErrorCode, message: str) -> Message:
     return {"type": ServerMessage.ERROR, "code": code.value, "message": message, "timestamp": now()}
 
 
-def _fit(reason: str) -> str:
-    return reason.encode()[:MAX_REASON_BYTES].decode(errors="ignore")

@@ -55,6 +55,8 @@ from strawberry.subscriptions import (
 from resolvers.context import GatewayContext, Principal
 from schema.errors import ErrorCode
 
+from . import closes
+from .closes import FINAL_WRITE_TIMEOUT
 from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -67,8 +69,6 @@ SUBSCRIPTION_PROTOCOLS = (
     MULTIPART_SUBSCRIPTION_PROTOCOL,
 )
 JSON_MEDIA_TYPES = frozenset({"application/json", "application/graphql-response+json", "application/graphql+json"})
-SLOW_CONSUMER_MESSAGE = "Slow consumer: the client did not read its events in time; resubscribe with 'after'"
-FINAL_WRITE_TIMEOUT = 1.0  # seconds the last frames of a stalled stream may take
 _END = object()
 Encode = Callable[[object], str]
 Process = Callable[[Any], Awaitable[GraphQLHTTPResponse]]
@@ -181,7 +181,7 @@ class HTTPOperation:
 
     def slow_consumer_frames(self) -> str:
         """What a stalled stream is told, if it still reads at all."""
-        error = error_result(ErrorCode.SLOW_CONSUMER, SLOW_CONSUMER_MESSAGE)
+        error = error_result(ErrorCode.SLOW_CONSUMER, closes.SLOW_CONSUMER.reason)
         return self._transport.encode_next(error, self._encode) + self._transport.encode_complete()
 
     async def _frames(self) -> AsyncGenerator[str, None]:
@@ -219,7 +219,7 @@ class HTTPOperation:
                 wake = await self._wait(self._step, drained)
             if wake is _Wake.EXPIRY:
                 await self._close_results()
-                yield self._transport.encode_next(error_result(ErrorCode.UNAUTHENTICATED, "Token expired"), self._encode)
+                yield self._transport.encode_next(error_result(ErrorCode.UNAUTHENTICATED, closes.TOKEN_EXPIRED.reason), self._encode)
                 return
             if wake is _Wake.DRAIN:
                 return

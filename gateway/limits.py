@@ -35,6 +35,7 @@ from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 from resolvers.context import Principal
 from schema.errors import ErrorCode, GatewayError
 
+from . import closes
 from .settings import Settings
 
 ExtensionFactory = Callable[[], SchemaExtension]
@@ -100,7 +101,6 @@ class ConnectionRefused(Exception):
         self.limit = limit
 
 
-TOO_MANY_CONNECTIONS = 4429  # graphql-ws's "too many" code; its clients do not retry it in a loop
 
 
 @dataclass
@@ -121,11 +121,11 @@ class ConnectionLimits:
         user = (principal.tenant_id, principal.user_id)
         if self.per_user and self._users.get(user, 0) >= self.per_user:
             raise ConnectionRefused(
-                TOO_MANY_CONNECTIONS, f"Too many connections for this user (at most {self.per_user})", Limit.USER_CONNECTIONS
+                closes.TOO_MANY_CONNECTIONS, f"Too many connections for this user (at most {self.per_user})", Limit.USER_CONNECTIONS
             )
         if self.per_tenant and self._tenants.get(principal.tenant_id, 0) >= self.per_tenant:
             raise ConnectionRefused(
-                TOO_MANY_CONNECTIONS,
+                closes.TOO_MANY_CONNECTIONS,
                 f"Too many connections for this tenant (at most {self.per_tenant})",
                 Limit.TENANT_CONNECTIONS,
             )

@@ -1,4 +1,4 @@
-"""The two GraphQL WebSocket protocols' close codes and the shape of client messages.
+"""The shape of the two GraphQL WebSocket protocols' client messages.
 
 graphql-transport-ws (https://github.com/enisdenjo/graphql-ws/blob/master/PROTOCOL.md)
 names a close code for each violation; Strawberry implements most of them,
@@ -12,46 +12,10 @@ answer: close 4400 with a reason saying what was wrong (legacy graphql-ws:
 
 from __future__ import annotations
 
-from enum import IntEnum, StrEnum
 from typing import Any
-
-MAX_REASON_BYTES = 123  # what fits in a close frame
-
-
-class CloseCode(IntEnum):
-    """Why the gateway closed a /graphql WebSocket (graphql-ws's codes where it has one)."""
-
-    GOING_AWAY = 1001               # graceful shutdown: reconnect
-    TRY_AGAIN_LATER = 1013          # slow consumer: the client did not read its events in time
-    BAD_REQUEST = 4400              # a malformed message
-    UNAUTHORIZED = 4401             # subscribe before connection_ack
-    FORBIDDEN = 4403                # token refused, or expired while connected
-    SUBPROTOCOL_NOT_ACCEPTABLE = 4406
-    TIMEOUT = 4408                  # no connection_init in time, or no pong in time
-    SUBSCRIBER_ALREADY_EXISTS = 4409
-    TOO_MANY_REQUESTS = 4429        # a second connection_init, or too many connections
-
-
-class Reason(StrEnum):
-    """Close reasons of our own (Strawberry's, for the codes it sends, are kept)."""
-
-    INIT_TIMEOUT = "Connection initialisation timeout"
-    TOO_MANY_INITS = "Too many initialisation requests"
-    PING_TIMEOUT = "Ping timeout"
-    NOT_TEXT = "WebSocket message type must be text"
-    NOT_JSON = "WebSocket message must be valid JSON"
-
 
 TRANSPORT_WS_MESSAGES = frozenset({"connection_init", "ping", "pong", "subscribe", "complete"})
 LEGACY_WS_MESSAGES = frozenset({"connection_init", "connection_terminate", "start", "stop"})
-
-
-def close_reason(text: str) -> str:
-    """`text` cut to what a close frame can carry (123 bytes of UTF-8)."""
-    data = text.encode()
-    if len(data) <= MAX_REASON_BYTES:
-        return text
-    return data[: MAX_REASON_BYTES - 3].decode(errors="ignore") + "..."
 
 
 def transport_ws_violation(message: Any) -> str | None:

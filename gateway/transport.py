@@ -36,6 +36,7 @@ from strawberry.types.unset import UNSET, UnsetType
 from resolvers.context import GatewayContext, Principal
 from resolvers.shared import Planner
 
+from . import closes
 from .auth import AuthError, token_from_params, token_from_request
 from .http_streams import SUBSCRIPTION_PROTOCOLS, HTTPSubscriptions
 from .ide import graphiql_html
@@ -45,8 +46,6 @@ from .runtime import Runtime
 from .ws_handlers import SOCKET_GONE, GatewayWebSocketAdapter, LegacyWSHandler, TransportWSHandler
 
 logger = logging.getLogger(__name__)
-TOKEN_EXPIRED_CODE = 4403
-TOKEN_EXPIRED_REASON = "Token expired"
 GRAPHQL_PATH = "/graphql"
 
 
@@ -76,6 +75,11 @@ class GatewayRouter(HTTPSubscriptions, GraphQLRouter[GatewayContext, None]):
 
     def encode_json(self, data: object) -> str:
         return orjson.dumps(data).decode()
+
+    def decode_json(self, data: str | bytes) -> object:
+        """Strict JSON (RFC 8259) for every request and message: a lone surrogate escape,
+        NaN or Infinity is invalid JSON here, as it cannot be written back out."""
+        return orjson.loads(data)
 
     @property
     def graphql_ide_html(self) -> str:
@@ -151,7 +155,7 @@ _CLOSING: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
 
 async def _close_expired(websocket: WebSocket) -> None:
     with suppress(*SOCKET_GONE):
-        await websocket.close(code=TOKEN_EXPIRED_CODE, reason=TOKEN_EXPIRED_REASON)
+        await websocket.close(closes.TOKEN_EXPIRED.code, closes.TOKEN_EXPIRED.reason)
 
 
 class GraphQLWebSockets:

@@ -52,19 +52,18 @@ from resolvers.context import GatewayContext
 from resolvers.shared import SharedPlan, open_shared
 from schema.errors import MASKED_MESSAGE, ErrorCode, GatewayError
 
+from . import closes
+from .closes import FINAL_WRITE_TIMEOUT, Close, CloseCode, close_reason
 from .heartbeat import Heartbeat
 from .limits import ConnectionRefused, Limit, TokenBucket, rate_limited, too_many_subscriptions
 from .logs import OPERATION_ID, new_connection_id
-from .protocol import CloseCode, Reason, close_reason, legacy_ws_violation, transport_ws_violation
+from .protocol import legacy_ws_violation, transport_ws_violation
 from .watchdog import stalled
 
 if TYPE_CHECKING:
     from .transport import GatewayRouter
 
 logger = logging.getLogger(__name__)
-SHUTDOWN_REASON = "Server shutting down"
-SLOW_CONSUMER_MESSAGE = "Slow consumer: the client did not read its events in time; resubscribe with 'after'"
-FINAL_WRITE_TIMEOUT = 1.0  # seconds for the last words to a client that may have stopped reading
 SOCKET_GONE = (RuntimeError, OSError, WebSocketDisconnect, WebSocketDisconnected)
 
 
@@ -125,11 +124,15 @@ class _ConnectionHooks:
     async def serve(self) -> None:
         raise NotImplementedError
 
+    async def close(self, ending: Close) -> None:
+        """Close the socket as the catalogue says (gateway.closes)."""
+        await self.websocket.close(ending.code, ending.reason)
+
     async def drain(self) -> None:
         """Complete every operation (their cursors flushed), then close with 1001."""
         await self.complete_all()
         with suppress(*SOCKET_GONE):
-            await self.websocket.close(code=CloseCode.GOING_AWAY, reason=SHUTDOWN_REASON)
+            await self.close(closes.SHUTDOWN)
 
     async def complete_all(self) -> None:
         raise NotImplementedError
@@ -154,7 +157,7 @@ class _ConnectionHooks:
         logger.info("connection refused: %s", refused.reason)
         await self.websocket.close(refused.code, refused.reason)
 
-    async def abandon(self, code: int, reason: str) -> None:
+    async def abandon(self, ending: Close) -> None:
         """Give up on a peer that stopped answering: free its operations at once,
         then close without waiting on it. If even the close frame cannot be
         written (the peer stopped reading and the buffers are full), the
@@ -162,7 +165,7 @@ class _ConnectionHooks:
         await self.cancel_all()
         try:
             async with asyncio.timeout(FINAL_WRITE_TIMEOUT):
-                await self.websocket.close(code, reason)
+                await self.close(ending)
             return
         except TimeoutError:
             pass
@@ -285,7 +288,7 @@ class TransportWSHandler(_ConnectionHooks, BaseGraphQLTransportWSHandler[Gateway
     async def _ping_timed_out(self) -> None:
         self.view.runtime.metrics.ping_timeouts += 1
         logger.info("closing a connection that did not answer a ping in time")
-        await self.abandon(CloseCode.TIMEOUT, Reason.PING_TIMEOUT)
+        await self.abandon(closes.PING_TIMEOUT)
 
     async def _run_shared(self, operation: Operation[GatewayContext, None], plan: SharedPlan) -> None:
         OPERATION_ID.set(operation.id)
@@ -303,7 +306,7 @@ class TransportWSHandler(_ConnectionHooks, BaseGraphQLTransportWSHandler[Gateway
         except GraphQLError as error:
             await self._end_with(operation, error)
         except SlowConsumerError:
-            await self._end_with(operation, GatewayError(ErrorCode.SLOW_CONSUMER, SLOW_CONSUMER_MESSAGE))
+            await self._end_with(operation, GatewayError(ErrorCode.SLOW_CONSUMER, closes.SLOW_CONSUMER.reason))
             return
         except SOCKET_GONE:
             return
@@ -351,7 +354,7 @@ class TransportWSHandler(_ConnectionHooks, BaseGraphQLTransportWSHandler[Gateway
             logger.info("closing a connection that stopped reading")
             with suppress(*SOCKET_GONE, TimeoutError):
                 async with asyncio.timeout(FINAL_WRITE_TIMEOUT):
-                    await self.websocket.close(code=CloseCode.TRY_AGAIN_LATER, reason=SLOW_CONSUMER_MESSAGE)
+                    await self.close(closes.SLOW_CONSUMER)
 
 
 class LegacyWSHandler(_ConnectionHooks, BaseGraphQLWSHandler[GatewayContext, None]):  # type: ignore[misc]  # view: our router subclass
@@ -368,9 +371,9 @@ class LegacyWSHandler(_ConnectionHooks, BaseGraphQLWSHandler[GatewayContext, Non
             async for message in self.websocket.iter_json():
                 await self.handle_message(message)
         except NonTextMessageReceived:
-            await self._refuse(Reason.NOT_TEXT)
+            await self._refuse(closes.NOT_TEXT.reason)
         except NonJsonMessageReceived:
-            await self._refuse(Reason.NOT_JSON)
+            await self._refuse(closes.NOT_JSON.reason)
         except WebSocketDisconnected:
             pass
         finally:
@@ -392,7 +395,7 @@ class LegacyWSHandler(_ConnectionHooks, BaseGraphQLWSHandler[GatewayContext, Non
         """Strawberry's, except for the closes: a second init 4429, a refused token 4403
         (Strawberry closes with 1011, which reads as a server crash), a limit 4429."""
         if self._init_received:
-            await self.websocket.close(CloseCode.TOO_MANY_REQUESTS, Reason.TOO_MANY_INITS)
+            await self.close(closes.TOO_MANY_INITS)
             return
         self._init_received = True
         if self._init_timer is not None:
@@ -402,7 +405,7 @@ class LegacyWSHandler(_ConnectionHooks, BaseGraphQLWSHandler[GatewayContext, Non
             await self.view.on_ws_connect(self.context)
         except ConnectionRejectionError as rejection:
             await self.send_message({"type": "connection_error", "payload": rejection.payload})
-            await self.websocket.close(CloseCode.FORBIDDEN, "Forbidden")
+            await self.close(closes.FORBIDDEN)
             return
         except ConnectionRefused as refused:
             await self.send_message({"type": "connection_error", "payload": {"message": refused.reason}})
@@ -449,4 +452,4 @@ class LegacyWSHandler(_ConnectionHooks, BaseGraphQLWSHandler[GatewayContext, Non
         await asyncio.sleep(self.view.runtime.settings.init_timeout)
         if not self._init_received:
             with suppress(*SOCKET_GONE):
-                await self.websocket.close(CloseCode.TIMEOUT, Reason.INIT_TIMEOUT)
+                await self.close(closes.INIT_TIMEOUT)
