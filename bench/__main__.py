@@ -18,7 +18,7 @@ import psutil
 
 from bench.config import BenchConfig, build_parser, config_from_args
 from bench.report import print_summary, write_chart, write_json
-from bench.results import RunResult, to_jsonable
+from bench.results import LOADER_BUSY, RunResult, to_jsonable
 from bench.rig import Rig, build_rig
 from bench.scenarios import ScenarioResults, churn_run, idle_run, stalled_run, throughput_run
 from bench.servers import TargetSpec, raise_nofile_limit, select_targets
@@ -175,7 +175,8 @@ def describe(config: BenchConfig, stamp: str) -> dict[str, Any]:
             "redis_connections": "CLIENT LIST entries on every node not named bench-* nor replication links, max of after-prime and after-steady",
             "redis_topology": "each run's `redis` names an entry of meta.redis; clusters started by the harness are fresh per topology (tests/cluster.py)",
             "rss_per_sub": "(tree RSS with S primed subs - RSS before connecting) / S",
-            "client_bound": "load-process CPU share during the burst, and ceiling rate >= subject rate",
+            "machine_cpu": "psutil.cpu_times over all cores, busy (total - idle - iowait) delta / total delta, from before a phase's first publish until every load process reported",
+            "client_bound": f"a phase is flagged (loaders_busy) when a load process used more than {LOADER_BUSY:.0%} of a core over it, in every phase; and ceiling rate >= subject rate",
         },
     }
 

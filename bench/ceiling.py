@@ -1,13 +1,21 @@
 """The transport-only ceiling: the cheapest way to put the same frames on the same sockets.
 
-A minimal graphql-transport-ws speaker on the same uvicorn stack as the
-others. It acknowledges connection_init (same JWT check) and subscribe, reads
-every subscribed tenant's stream with one XREAD loop per process (no consumer
-groups, no acknowledgements, no GraphQL), encodes each entry's `next` frame
-once, and hands that text to every subscriber of the tenant. Whatever the
-gateway does beyond this costs throughput; the ratio gateway/ceiling says how
-much. On a Redis Cluster it has one XREAD loop per subscribed hash slot
-instead (see Hub).
+A minimal graphql-transport-ws speaker on the same uvicorn stack and WebSocket
+protocol as the gateway. WebSockets on /graphql go to a bare ASGI handler, as
+the gateway's `GraphQLWebSockets` sends them to its view: no Starlette routing
+or `WebSocket` object. It acknowledges connection_init (same JWT check) and
+subscribe, reads every subscribed tenant's stream with one XREAD loop per
+process (no consumer groups, no acknowledgements, no GraphQL), encodes each
+entry's `next` frame once, and one writer task per process hands each read's
+frames to every subscriber's raw ASGI `send` in turn (one socket's in a row,
+as the gateway writes them), the callable the gateway's fast path writes
+through (`gateway.ws_handlers.asgi_send`), while the next XREAD is in flight.
+There is no task and no queue per subscriber: a write completes at once unless the socket's transport is paused
+(its buffer is full: the client reads slower than it is sent to), and only
+then does that subscriber get a task that finishes the write and the frames
+queued behind it, in order (see `Subscriber`). Whatever the gateway does
+beyond this costs throughput; the ratio gateway/ceiling says how much. On a
+Redis Cluster it has one XREAD loop per subscribed hash slot instead (see Hub).
 
 Run as `python -m bench.ceiling [--workers N]` with the RAGLINE_* variables.
 """
@@ -17,10 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import AsyncIterator, Generator
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 import jwt
 import orjson
@@ -30,8 +38,8 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
 
 from bench.protocol import (
     CLOSE_FORBIDDEN,
@@ -59,9 +67,22 @@ SOCKET_TIMEOUT_S = None
 # What XREAD returns without decode_responses: [(key, [(id, {field: value})])].
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 StreamsReply = list[tuple[bytes, Entries]]
+Batch = list[tuple[str, Entries]]  # one XREAD's entries by stream, for the writer
+# Reads that may wait for the writer: enough to keep the next XREAD in flight while it
+# writes, and a bound on what a reader can get ahead of the sockets.
+OUTBOX_READS = 4
+# What a write to a socket that is gone raises: uvicorn's ClientDisconnected is an
+# OSError, and a send after the close a RuntimeError (the gateway's SOCKET_GONE, less
+# Starlette's and Strawberry's exceptions, which this server never sees).
+SOCKET_GONE = (OSError, RuntimeError)
 
-ACK_FRAME = orjson.dumps({"type": MessageType.CONNECTION_ACK.value}).decode()
-PONG_FRAME = orjson.dumps({"type": MessageType.PONG.value}).decode()
+
+def _text(text: str) -> Message:
+    return {"type": "websocket.send", "text": text}
+
+
+ACK_MESSAGE = _text(orjson.dumps({"type": MessageType.CONNECTION_ACK.value}).decode())
+PONG_MESSAGE = _text(orjson.dumps({"type": MessageType.PONG.value}).decode())
 
 
 def encode_event(entry_id: str, fields: dict[bytes, bytes]) -> bytes:
@@ -86,25 +107,109 @@ def next_frame(operation_id: str, event_json: bytes) -> str:
     ).decode()
 
 
-@dataclass(eq=False)
 class Subscriber:
-    """One operation on one socket, fed frames through its own queue."""
+    """One operation on one socket, which the hub's writer writes to through its ASGI `send`.
 
-    operation_id: str
-    queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    `write` runs the send right there, by hand: with uvicorn it finishes without
+    suspending unless the transport is paused, which is the gateway's fast path
+    (its per-subscriber task awaits the same call and goes on). A send that does
+    suspend is handed to a task that finishes it, then writes the frames that
+    arrived meanwhile (`backlog`), in order, and returns the subscriber to
+    direct writes. Nothing is dropped for a slow client: unlike the gateway
+    (slow_consumer_timeout), the ceiling has no slow-consumer policy, so a
+    client that stops reading holds its frames in memory, as it did with the
+    former per-subscriber queue.
+    """
+
+    __slots__ = ("backlog", "drainer", "operation_id", "pending", "send")
+
+    def __init__(self, operation_id: str, send: Send) -> None:
+        self.operation_id = operation_id
+        self.send = send
+        # None while writes complete at once (the usual case); frames waiting behind a
+        # write that could not otherwise; a deque that keeps nothing once the socket is gone.
+        self.backlog: deque[Message] | None = None
+        self.pending: Generator[Any, None, None] | None = None  # the write that suspended
+        self.drainer: asyncio.Task[None] | None = None  # the task that finishes it
+
+    def write(self, messages: list[Message]) -> None:
+        """Write frames, in order, while the socket takes them at once; queue the rest
+        behind the first write that cannot complete now."""
+        if self.backlog is not None:
+            self.backlog.extend(messages)
+            return
+        send = self.send
+        rest = iter(messages)
+        for message in rest:
+            step = send(message).__await__()
+            try:
+                waiting = step.send(None)
+            except StopIteration:
+                continue  # written
+            except SOCKET_GONE:
+                self.backlog = deque(maxlen=0)  # later frames go nowhere, as with the gateway
+                return
+            self.backlog = deque(rest)
+            self.pending = step
+            self.drainer = asyncio.get_running_loop().create_task(self._drain(step, waiting))
+            return
+
+    async def _drain(self, step: Generator[Any, None, None], waiting: object) -> None:
+        """Finish the suspended write, then the frames queued behind it."""
+        backlog = self.backlog
+        assert backlog is not None
+        try:
+            await _resume(step, waiting)
+            self.pending = None
+            while backlog:
+                await self.send(backlog.popleft())
+        except SOCKET_GONE:
+            self.backlog = deque(maxlen=0)
+            return
+        finally:
+            self.pending = self.drainer = None
+        self.backlog = None  # no await since the backlog was seen empty: nothing slipped in
+
+    def stop(self) -> None:
+        """The operation ended: no more frames; a pending write is abandoned."""
+        self.backlog = deque(maxlen=0)
+        if self.pending is not None:
+            self.pending.close()  # out of its wait (the task may not have started yet)
+        if self.drainer is not None:
+            self.drainer.cancel()
+
+
+async def _resume(step: Generator[Any, None, None], waiting: object) -> None:
+    """Run to its end a send that was started by hand and suspended; `waiting` is what it
+    yielded: the future it waits on (asyncio's protocol), or None for a bare yield."""
+    while True:
+        if waiting is None:
+            await asyncio.sleep(0)
+        elif isinstance(waiting, asyncio.Future):
+            await asyncio.wait([waiting])  # done; its result or exception reaches the send itself
+        else:
+            raise RuntimeError(f"a send yielded {waiting!r}, not a future")
+        try:
+            waiting = step.send(None)
+        except StopIteration:
+            return
 
 
 class Reader:
-    """One blocking XREAD loop over the streams that one command may name together."""
+    """One blocking XREAD loop over the streams that one command may name together.
 
-    def __init__(self, redis: aioredis.Redis, deliver: Callable[[str, Entries], bool]) -> None:
+    It hands each read to the hub's writer and reads on, so Redis works on the next
+    XREAD while the sockets are written to (the gateway's reader, too, goes on while
+    its subscribers' tasks write)."""
+
+    def __init__(self, redis: aioredis.Redis, outbox: asyncio.Queue[Batch]) -> None:
         self.redis = redis
-        self.deliver = deliver  # False when the stream has no subscriber left
-        self.positions: dict[str, str] = {}
+        self.outbox = outbox
+        self.positions: dict[str, str] = {}  # a stream is here while it has subscribers
         self.wakeup = asyncio.Event()
 
     async def run(self) -> None:
-        """Read and fan out until cancelled."""
+        """Read until cancelled."""
         while True:
             if not self.positions:
                 self.wakeup.clear()
@@ -112,10 +217,14 @@ class Reader:
                 continue
             streams: dict[str | bytes, str | bytes] = {k: v for k, v in self.positions.items()}
             reply = await self.redis.xread(streams, count=READ_COUNT, block=BLOCK_MS)  # type: ignore[arg-type]
+            batch: Batch = []
             for raw_key, entries in cast(StreamsReply, reply or []):
                 key = raw_key.decode()
-                if self.deliver(key, entries):
+                if key in self.positions:  # not left by its last subscriber during the read
                     self.positions[key] = entries[-1][0].decode()
+                    batch.append((key, entries))
+            if batch:
+                await self.outbox.put(batch)
 
 
 class Hub:
@@ -137,6 +246,7 @@ class Hub:
         self.node_clients: dict[str, aioredis.Redis] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.joining = asyncio.Lock()
+        self.outbox: asyncio.Queue[Batch] = asyncio.Queue(OUTBOX_READS)
 
     def reader_for(self, key: str) -> Reader:
         """The reader whose XREAD names `key`, started on first use."""
@@ -149,7 +259,9 @@ class Hub:
             slot, client = 0, self.redis
         reader = self.readers.get(slot)
         if reader is None:
-            reader = self.readers[slot] = Reader(client, self._fan_out)
+            if not self.readers:
+                self.tasks.add(asyncio.create_task(self._write()))
+            reader = self.readers[slot] = Reader(client, self.outbox)
             self.tasks.add(asyncio.create_task(reader.run()))
         return reader
 
@@ -180,62 +292,75 @@ class Hub:
             self.reader_for(key).positions.pop(key, None)
 
     async def close(self) -> None:
-        """Cancel and await every reader, then drop the node connections."""
+        """Cancel and await every reader and the writer, then drop the node connections."""
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await asyncio.gather(*(client.aclose() for client in self.node_clients.values()))
 
-    def _fan_out(self, key: str, entries: Entries) -> bool:
+    async def _write(self) -> None:
+        """The one writer of the process: every read, in order, to the sockets."""
+        while True:
+            for key, entries in await self.outbox.get():
+                self._fan_out(key, entries)
+
+    def _fan_out(self, key: str, entries: Entries) -> None:
+        """Write what one XREAD returned for a stream to each of its subscribers, all of it
+        to one socket before the next (as the gateway's hub hands a read's records to each
+        subscription, whose task then writes them in a row). One frame, and one ASGI
+        message, per entry and operation id, shared by the sockets."""
         subscribers = self.subscribers.get(key)
         if not subscribers:
-            return False
-        for raw_id, fields in entries:
-            event_json = encode_event(raw_id.decode(), fields)
-            frames: dict[str, str] = {}
-            for sub in subscribers:
-                frame = frames.get(sub.operation_id)
-                if frame is None:
-                    frame = frames[sub.operation_id] = next_frame(sub.operation_id, event_json)
-                sub.queue.put_nowait(frame)
-        return True
+            return
+        events = [encode_event(raw_id.decode(), fields) for raw_id, fields in entries]
+        by_operation: dict[str, list[Message]] = {}
+        for sub in subscribers:
+            frames = by_operation.get(sub.operation_id)
+            if frames is None:
+                frames = by_operation[sub.operation_id] = [
+                    _text(next_frame(sub.operation_id, event)) for event in events
+                ]
+            sub.write(frames)
 
 
 HUB: Hub | None = None
 
 
-async def pump(websocket: WebSocket, subscriber: Subscriber) -> None:
-    """Write a subscriber's frames to its socket in order, until it fails or is cancelled."""
-    try:
-        while True:
-            await websocket.send_text(await subscriber.queue.get())
-    except (WebSocketDisconnect, OSError, RuntimeError):
-        logger.debug("socket gone for operation %s", subscriber.operation_id)
-
-
-async def graphql_ws(websocket: WebSocket) -> None:
+async def graphql_ws(receive: Receive, send: Send) -> None:
     """Speak just enough graphql-transport-ws: init → ack, subscribe → frames, complete/close → stop."""
-    await websocket.accept(subprotocol=SUBPROTOCOL)
-    tenant = await authenticate(websocket)
+    if (await receive())["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept", "subprotocol": SUBPROTOCOL})
+    tenant = await authenticate(receive, send)
     if tenant is None:
         return
     assert HUB is not None
-    operations: dict[str, tuple[Subscriber, asyncio.Task[None]]] = {}
+    operations: dict[str, Subscriber] = {}
     try:
-        while True:
-            message = orjson.loads(await websocket.receive_text())
-            await handle_message(websocket, tenant, message, operations)
-    except WebSocketDisconnect:
-        pass
+        while (message := await receive_json(receive)) is not None:
+            await handle_message(send, tenant, message, operations)
+    except SOCKET_GONE:
+        logger.debug("socket gone for tenant %s", tenant)
     finally:
-        for subscriber, task in operations.values():
+        for subscriber in operations.values():
             HUB.remove(tenant, subscriber)
-            task.cancel()
+            subscriber.stop()
 
 
-async def authenticate(websocket: WebSocket) -> str | None:
+async def receive_json(receive: Receive) -> dict[str, Any] | None:
+    """The next message's JSON; None once the client has gone."""
+    event = await receive()
+    if event["type"] != "websocket.receive":
+        return None  # websocket.disconnect
+    text = event.get("text")
+    return cast(dict[str, Any], orjson.loads(text if text is not None else event["bytes"]))
+
+
+async def authenticate(receive: Receive, send: Send) -> str | None:
     """Expect connection_init with a valid token; close 4403 otherwise."""
-    message = orjson.loads(await websocket.receive_text())
+    message = await receive_json(receive)
+    if message is None:
+        return None
     token = (
         token_from_init(message.get("payload"))
         if message.get("type") == "connection_init"
@@ -244,31 +369,27 @@ async def authenticate(websocket: WebSocket) -> str | None:
     try:
         tenant = str(verify_token(SETTINGS.jwt_secret, token or "")["tenant_id"])
     except jwt.PyJWTError:
-        await websocket.close(code=CLOSE_FORBIDDEN, reason="Forbidden")
+        await send({"type": "websocket.close", "code": CLOSE_FORBIDDEN, "reason": "Forbidden"})
         return None
-    await websocket.send_text(ACK_FRAME)
+    await send(ACK_MESSAGE)
     return tenant
 
 
 async def handle_message(
-    websocket: WebSocket,
-    tenant: str,
-    message: dict[str, object],
-    operations: dict[str, tuple[Subscriber, asyncio.Task[None]]],
+    send: Send, tenant: str, message: dict[str, Any], operations: dict[str, Subscriber]
 ) -> None:
     assert HUB is not None
     kind = message.get("type")
     op_id = str(message.get("id"))
     if kind == MessageType.SUBSCRIBE.value and op_id not in operations:
-        subscriber = Subscriber(op_id)
+        operations[op_id] = subscriber = Subscriber(op_id, send)
         await HUB.add(tenant, subscriber)
-        operations[op_id] = (subscriber, asyncio.create_task(pump(websocket, subscriber)))
     elif kind == MessageType.COMPLETE.value and op_id in operations:
-        subscriber, task = operations.pop(op_id)
+        subscriber = operations.pop(op_id)
         HUB.remove(tenant, subscriber)
-        task.cancel()
+        subscriber.stop()
     elif kind == MessageType.PING.value:
-        await websocket.send_text(PONG_FRAME)
+        await send(PONG_MESSAGE)
 
 
 async def readyz(_: Request) -> Response:
@@ -293,14 +414,22 @@ async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await redis.aclose()
 
 
-app = Starlette(
+http_app = Starlette(
     routes=[
-        WebSocketRoute(GRAPHQL_PATH, graphql_ws),
         Route("/readyz", readyz),
         Route("/healthz", lambda _: PlainTextResponse("ok")),
     ],
     lifespan=lifespan,
 )
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    """WebSockets on /graphql straight to `graphql_ws`, with uvicorn's own `send`; the
+    rest (readiness, health, lifespan) to Starlette."""
+    if scope["type"] == "websocket" and scope["path"] == GRAPHQL_PATH:
+        await graphql_ws(receive, send)
+    else:
+        await http_app(scope, receive, send)
 
 
 def main() -> None:

@@ -3,7 +3,8 @@
 Latencies are kept as log-bucketed histograms (2% resolution) so the client
 processes can each summarise millions of receipts and the orchestrator can
 merge them exactly. Server CPU and RSS come from psutil over the target's
-process tree (workers included). Redis numbers come from INFO and CLIENT
+process tree (workers included); the whole machine's CPU from psutil's
+system-wide times, all cores. Redis numbers come from INFO and CLIENT
 LIST on every node (one server, or each node of a cluster); the monitor
 counts its own commands so they can be subtracted.
 """
@@ -121,6 +122,38 @@ class ProcessTree:
 
     def process_count(self) -> int:
         return len(self.processes())
+
+
+MIN_UTIL_WINDOW_S = 0.5  # CPU times tick at 10 ms: shorter windows say nothing
+
+
+@dataclass(frozen=True)
+class MachineCpu:
+    """The whole machine's CPU seconds so far, every core summed (psutil.cpu_times), and
+    when they were read: what the server, Redis, the publisher, the load processes and
+    anything else on the box used together."""
+
+    at: float
+    busy_s: float
+    total_s: float
+
+    @classmethod
+    def now(cls) -> MachineCpu:
+        """psutil.cpu_percent's definition: busy = total - idle - iowait (steal counts as
+        busy: a core the hypervisor gave elsewhere was not free for the benchmark)."""
+        times = psutil.cpu_times()
+        # Linux counts guest time in user and nice as well; psutil leaves it out of the total.
+        total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+        idle = times.idle + getattr(times, "iowait", 0.0)
+        return cls(time.monotonic(), total - idle, total)
+
+    def util_since(self, before: MachineCpu) -> float | None:
+        """Share of all cores busy since `before` (1.0 = every core busy the whole time);
+        None for too short a window."""
+        total = self.total_s - before.total_s
+        if self.at - before.at < MIN_UTIL_WINDOW_S or total <= 0:
+            return None
+        return (self.busy_s - before.busy_s) / total
 
 
 def self_cpu_seconds() -> float:

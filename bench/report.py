@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.results import RunResult, is_sweep, to_jsonable
+from bench.results import LOADER_BUSY, PhaseResult, RunResult, is_sweep, to_jsonable
 from bench.scenarios import ScenarioResults
 
 logger = logging.getLogger(__name__)
 
 REFERENCES = ("naive", "ceiling")
-LOADER_BUSY = 0.85  # a load process above this share of a core may be limiting
 PUBLISHER_LAG_MS = 100.0  # a steady publisher this far behind schedule offered less than asked
 
 
@@ -193,7 +192,8 @@ def throughput_table(runs: list[RunResult]) -> str:
     head = (
         f"{'server':<9} {'redis':<17} {'subs':>6} {'ten':>4} {'deliv/s':>9} "
         f"{'p50ms':>7} {'p99ms':>7} {'maxms':>7} "
-        f"{'lost':>5} {'cpu/1k':>7} {'cmd/dl':>7} {'rconn':>6} {'KB/sub':>7} {'load%':>9} {'st.rate':>8}"
+        f"{'lost':>5} {'cpu/1k':>7} {'cmd/dl':>7} {'rconn':>6} {'KB/sub':>7} {'load%':>9} "
+        f"{'box%':>7} {'st.rate':>8}"
     )
     lines = [head, "-" * len(head)]
     for run in runs:
@@ -213,9 +213,15 @@ def throughput_table(runs: list[RunResult]) -> str:
             f"{_num(steady.p50_ms, 1):>7} {_num(steady.p99_ms, 1):>7} {_num(steady.max_ms, 1):>7} "
             f"{run.losses:>5} {_num(_cpu_per_1k(run), 3):>7} {_num(run.total_cmds_per_delivery(), 3):>7} "
             f"{_num(run.redis_connections_per_process, 0):>6} {_num(run.rss_per_sub_kb, 1):>7} "
-            f"{loaders:>9} {_num(steady.publish_rate, 0):>8}"
+            f"{loaders:>9} {_pct(burst.machine_cpu_util)}/{_pct(steady.machine_cpu_util):<3} "
+            f"{_num(steady.publish_rate, 0):>8}"
         )
     return "\n".join(lines)
+
+
+def _pct(share: float | None) -> str:
+    """A share (1.0 = all) as a whole percentage, three characters wide."""
+    return f"{'-' if share is None else f'{share * 100:.0f}':>3}"
 
 
 def sweep_table(runs: list[RunResult]) -> str:
@@ -223,7 +229,8 @@ def sweep_table(runs: list[RunResult]) -> str:
     the server and the load processes used: where latency turns up, and who was busy."""
     head = (
         f"{'server':<9} {'redis':<17} {'subs':>6} {'ten':>4} {'load':>5} {'deliv/s':>9} "
-        f"{'p50ms':>7} {'p99ms':>7} {'maxms':>7} {'srv cpu':>8} {'load cpu':>9} {'cmd/dl':>7}"
+        f"{'p50ms':>7} {'p99ms':>7} {'maxms':>7} {'srv cpu':>8} {'load cpu':>9} {'box cpu':>8} "
+        f"{'cmd/dl':>7}"
     )
     lines = [head, "-" * len(head)]
     for run in runs:
@@ -238,9 +245,24 @@ def sweep_table(runs: list[RunResult]) -> str:
                 f"{phase.throughput / burst.throughput:>5.2f} {_num(phase.throughput):>9} "
                 f"{_num(phase.p50_ms, 1):>7} {_num(phase.p99_ms, 1):>7} {_num(phase.max_ms, 1):>7} "
                 f"{_num(None if cpu is None else cpu * 100, 0):>7}% {loaders:>9} "
-                f"{_num(phase.redis_cmds_per_delivery, 3):>7}"
+                f"{_pct(phase.machine_cpu_util):>7}% {_num(phase.redis_cmds_per_delivery, 3):>7}"
             )
     return "\n".join(lines)
+
+
+def busy_phases(runs: list[RunResult]) -> list[tuple[RunResult, PhaseResult]]:
+    """Every phase (burst, steady, sweep) whose load processes were near saturation."""
+    return [
+        (run, phase)
+        for run in runs
+        if run.error is None
+        for phase in run.phases.values()
+        if phase.loaders_busy
+    ]
+
+
+def _loaders(phase: PhaseResult) -> str:
+    return "/".join("-" if u is None else f"{u * 100:.0f}%" for u in phase.loader_cpu_util)
 
 
 def _cpu_per_1k(run: RunResult) -> float | None:
@@ -417,7 +439,8 @@ def print_summary(results: ScenarioResults, subject: str) -> None:
         )
         print("cmd/dl = Redis commands per delivery; rconn = Redis connections per server process;")
         print(
-            "load% = CPU of each load process during the burst; st.rate = steady events/s published)\n"
+            "load% = CPU of each load process during the burst, in % of a core; box% = the whole"
+            " machine's CPU, all cores, in the burst/steady phase; st.rate = steady events/s published)\n"
         )
         print(throughput_table(results.throughput))
         rows = ratios(results.throughput)
@@ -427,8 +450,8 @@ def print_summary(results: ScenarioResults, subject: str) -> None:
         if any(is_sweep(name) for r in results.throughput for name in r.phases):
             print(
                 "\nLatency against load (load = delivered/s over the burst's max; srv cpu = server"
-                " process CPU, load cpu = each load process's, in % of a core; cmd/dl = Redis"
-                " commands per delivery in that phase)\n"
+                " process CPU, load cpu = each load process's, in % of a core; box cpu = the whole"
+                " machine's, all cores; cmd/dl = Redis commands per delivery in that phase)\n"
             )
             print(sweep_table(results.throughput))
         side_by_side = topology_table(results.throughput)
@@ -437,18 +460,14 @@ def print_summary(results: ScenarioResults, subject: str) -> None:
                 "\nBy Redis topology (burst deliveries/s, steady p99 ms, Redis commands/delivery)\n"
             )
             print(side_by_side)
-        busy = [
-            r
-            for r in results.throughput
-            if r.error is None
-            and "burst" in r.phases
-            and max((u or 0 for u in r.phases["burst"].loader_cpu_util), default=0) > LOADER_BUSY
-        ]
+        busy = busy_phases(results.throughput)
         if busy:
             print(
                 f"\nNote: a load process was above {LOADER_BUSY:.0%} of a core in: "
-                + ", ".join(f"{r.server}/{r.subs}/{r.tenants}" for r in busy)
-                + " (those rates may be client-bound; compare with the ceiling's rate)"
+                + ", ".join(
+                    f"{r.server}/{r.subs}/{r.tenants} {p.name} ({_loaders(p)})" for r, p in busy
+                )
+                + " (those phases may be client-bound; compare with the ceiling's rate)"
             )
         lagging = [
             r

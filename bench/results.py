@@ -11,8 +11,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bench.metrics import LatencyHistogram, RedisSnapshot, server_commands
+from bench.metrics import (
+    MIN_UTIL_WINDOW_S,
+    LatencyHistogram,
+    MachineCpu,
+    RedisSnapshot,
+    server_commands,
+)
 
+LOADER_BUSY = 0.85  # a load process above this share of a core may be limiting the phase
 SWEEP_PREFIX = "steady@"  # the --sweep phases: "steady@0.1" is a tenth of the burst's rate
 
 
@@ -51,6 +58,10 @@ class PhaseResult:
     redis_cpu_per_1k: float | None
     stalled: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    # Whole machine, share of all cores busy (1.0 = all), from before the phase's first
+    # publish until every load process reported; None for a window under 0.5 s.
+    machine_cpu_util: float | None = None
+    loaders_busy: bool = False  # a load process above LOADER_BUSY of a core: may be client-bound
 
     @property
     def losses(self) -> int:
@@ -67,6 +78,8 @@ class PhaseInputs:
     redis_before: RedisSnapshot
     redis_after: RedisSnapshot
     server_cpu_s: float
+    machine_before: MachineCpu
+    machine_after: MachineCpu
 
 
 def summarize_phase(inputs: PhaseInputs) -> PhaseResult:
@@ -83,6 +96,7 @@ def summarize_phase(inputs: PhaseInputs) -> PhaseResult:
         inputs.redis_before, inputs.redis_after, inputs.published["commands"]
     )
     redis_cpu = inputs.redis_after.cpu_s - inputs.redis_before.cpu_s
+    loader_util = [_util(r["cpu_s"], (r["last_rx"] or t_start) - t_start) for r in replies]
     return PhaseResult(
         name=inputs.name,
         events=int(inputs.published["events"]),
@@ -99,7 +113,7 @@ def summarize_phase(inputs: PhaseInputs) -> PhaseResult:
         publish_rate=float(inputs.published["rate"]),
         publisher_max_lag_ms=float(inputs.published.get("max_lag_s", 0.0)) * 1000,
         publisher_cpu_util=_util(inputs.published["cpu_s"], inputs.published["t_end"] - t_start),
-        loader_cpu_util=[_util(r["cpu_s"], (r["last_rx"] or t_start) - t_start) for r in replies],
+        loader_cpu_util=loader_util,
         server_cpu_s=inputs.server_cpu_s,
         server_cpu_per_1k=_per(inputs.server_cpu_s * 1000, delivered),
         redis_commands=commands,
@@ -107,6 +121,8 @@ def summarize_phase(inputs: PhaseInputs) -> PhaseResult:
         redis_cpu_per_1k=_per(redis_cpu * 1000, delivered),
         stalled={k: sum(r["stalled"][k] for r in replies) for k in ("subs", "received", "closed")},
         errors=sorted({e for r in replies for e in r["errors"]})[:10],
+        machine_cpu_util=inputs.machine_after.util_since(inputs.machine_before),
+        loaders_busy=max((u or 0.0 for u in loader_util), default=0.0) > LOADER_BUSY,
     )
 
 
@@ -116,9 +132,6 @@ def _ms(seconds: float | None) -> float | None:
 
 def _per(numerator: float, deliveries: int) -> float | None:
     return numerator / deliveries if deliveries else None
-
-
-MIN_UTIL_WINDOW_S = 0.5  # CPU times tick at 10 ms: shorter windows say nothing
 
 
 def _util(cpu_s: float, wall_s: float) -> float | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import BenchConfig
-from bench.metrics import ProcessTree, RedisMonitor
+from bench.metrics import MachineCpu, ProcessTree, RedisMonitor
 from bench.results import PhaseInputs, PhaseResult, summarize_phase
 from bench.rpc import HelperProcess
 from bench.servers import TargetServer, TargetSpec, bench_env, start_target, stop_target
@@ -138,6 +138,7 @@ class Rig:
         """One phase: reset the clients' tallies, publish, wait for delivery, take deltas."""
         redis_before = await self.monitor.snapshot()
         cpu_before = tree.cpu_seconds()
+        machine_before = MachineCpu.now()
         await asyncio.gather(*(l.call("begin_phase", name=name) for l in self.loaders))
         published = await publish()
         replies = await asyncio.gather(
@@ -152,18 +153,30 @@ class Rig:
             )
         )
         cpu_after = tree.cpu_seconds()
+        machine_after = MachineCpu.now()
         redis_after = await self.monitor.snapshot()
         result = summarize_phase(
-            PhaseInputs(name, published, replies, redis_before, redis_after, cpu_after - cpu_before)
+            PhaseInputs(
+                name,
+                published,
+                replies,
+                redis_before,
+                redis_after,
+                cpu_after - cpu_before,
+                machine_before,
+                machine_after,
+            )
         )
         logger.info(
-            "%s: %s/%s delivered, %.0f/s, p99 %s ms, missing %s",
+            "%s: %s/%s delivered, %.0f/s, p99 %s ms, missing %s, machine CPU %s%%%s",
             name,
             result.delivered,
             result.expected,
             result.throughput,
             _fmt(result.p99_ms),
             result.missing,
+            _fmt(None if result.machine_cpu_util is None else result.machine_cpu_util * 100),
+            " (a load process near saturation)" if result.loaders_busy else "",
         )
         return result
 

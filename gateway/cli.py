@@ -1,4 +1,4 @@
-"""The `ragline` command: `serve`, `publish` and `token` (contract section 6)."""
+"""The `ragline` command: `serve`, `publish` and `token`."""
 
 from __future__ import annotations
 
@@ -79,8 +79,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# How long a worker may take to answer uvicorn's health check, from its start on (uvicorn's
+# default, 5 s, is less than a busy host takes to import the app: the supervisor then kills
+# every worker before it is up, and again, forever).
+WORKER_HEALTHCHECK_TIMEOUT = 60
+
+
 def schema_command(settings: Settings, args: argparse.Namespace) -> int:
-    from schema.root import SCHEMA
+    from resolvers.root import SCHEMA
 
     print(SCHEMA.as_str())
     return 0
@@ -122,7 +128,10 @@ def serve_command(settings: Settings, args: argparse.Namespace) -> int:
         if args.workers > 1:
             # Workers build their own app from the environment: hand them the resolved settings.
             os.environ.update(_environment(settings))
-            run_workers(uvicorn.Config("app:create_app", factory=True, workers=args.workers, **options))
+            run_workers(uvicorn.Config(
+                "app:create_app", factory=True, workers=args.workers,
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK_TIMEOUT, **options,
+            ))
         else:
             app = create_app(settings)
             DrainingServer(uvicorn.Config(app, **options), app.state.runtime).run()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import threading
 import time
 import uuid
@@ -32,6 +34,8 @@ LEGACY_WS = "graphql-ws"
 EVENTS_QUERY = "subscription($types: [String!]) { events(types: $types) { id type tenantId eventId occurredAt payload } }"
 ORDERS_QUERY = "subscription($orderId: String) { orderEvents(orderId: $orderId) { id type orderId status occurredAt payload } }"
 TIMEOUT = 10.0
+STARTUP_TIMEOUT = 60.0  # for a wait that includes a process starting (imports and all) on a busy machine
+TESTS = Path(__file__).resolve().parent
 
 
 def sync_redis(url: str) -> redis.Redis:
@@ -71,6 +75,7 @@ def make_token(
 
 
 ISSUED_TOKENS: set[str] = set()  # every token the tests made: none may ever be logged
+PROCESS_LOGS: list[Path] = []  # the logs of every GatewayProcess: checked for tokens too
 
 
 def issued(token: str) -> str:
@@ -275,14 +280,16 @@ async def error_code(client: ProtocolClient, op_id: str, timeout: float = TIMEOU
 class GatewayProcess:
     """`ragline serve` as a subprocess, for tests that kill or signal it."""
 
-    def __init__(self, env: dict[str, str], log_path: Any, *args: str) -> None:
+    def __init__(self, env: dict[str, str], log_path: Any, *args: str, fault: str | None = None) -> None:
         import os
 
         self.args = args
+        self.fault = fault  # a call into tests/faults.py, made in the process before it serves
         self.port = free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAGLINE_")}
         self.env.update(env, RAGLINE_PORT=str(self.port))
         self.log_path = log_path
+        PROCESS_LOGS.append(Path(log_path))
         self.process: Any = None
 
     @property
@@ -290,17 +297,22 @@ class GatewayProcess:
         return f"ws://127.0.0.1:{self.port}/graphql"
 
     def start(self) -> GatewayProcess:
+        import os
         import subprocess
         import sys
 
         import httpx
 
+        code = "from app import main; raise SystemExit(main())"
+        env = self.env
+        if self.fault is not None:
+            code = f"import faults; faults.{self.fault}; {code}"
+            env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))}
         with open(self.log_path, "a") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", "from app import main; raise SystemExit(main())", "serve", *self.args],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                [sys.executable, "-c", code, "serve", *self.args], env=env, stdout=out, stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/readyz").status_code == 200:
@@ -308,14 +320,52 @@ class GatewayProcess:
             except httpx.HTTPError:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()  # a process that did not come up is not left behind
                 raise RuntimeError(Path(self.log_path).read_text())
             time.sleep(0.1)
 
     def kill(self) -> None:
         self.process.kill()
         self.process.wait()
+        relay_errors(self.log_path)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=20)
+        relay_errors(self.log_path)
+
+
+_ERROR_LINE = re.compile(r"^\S+ \S+ (?:ERROR|CRITICAL) (\S+): (.*)$")  # the plain log format's
+_RELAYED: dict[Path, int] = {}  # how far each process log was read
+
+
+def relay_errors(log_path: Any) -> None:
+    """Log again here each ERROR line that a gateway process wrote since the last look, so that
+    the session's check (tests/session_logs.py) sees it as it sees the in-process gateways'."""
+    path = Path(log_path)
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8", errors="replace") as log:
+        log.seek(_RELAYED.get(path, 0))
+        text = log.read()
+        _RELAYED[path] = log.tell()
+    for line in text.splitlines():
+        if match := _ERROR_LINE.match(line):
+            logging.getLogger(f"process.{match[1]}").error("%s", match[2])
+
+
+async def metric(port: int, name: str, **labels: str) -> float:
+    """One sample of the gateway's `GET /metrics`, parsed as Prometheus parses it
+    (AssertionError when the sample is not there)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"http://127.0.0.1:{port}/metrics")
+    assert response.status_code == 200, response.text
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    raise AssertionError(f"no sample {name}{labels} in /metrics")

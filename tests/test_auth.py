@@ -17,6 +17,7 @@ from helpers import (
     GatewayServer,
     ProtocolClient,
     close_of,
+    issued,
     make_token,
     unsigned_token,
 )
@@ -43,7 +44,7 @@ def bad_tokens(tenant: str) -> dict[str, str | None]:
 def _token_without_exp(tenant: str) -> str:
     import jwt
 
-    return jwt.encode({"tenant_id": tenant, "user_id": "u1"}, SECRET, algorithm="HS256")
+    return issued(jwt.encode({"tenant_id": tenant, "user_id": "u1"}, SECRET, algorithm="HS256"))
 
 
 CASES = list(bad_tokens("acme"))

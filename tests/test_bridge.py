@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 import redis
 
-from helpers import async_redis, connect, make_token, new_tenant, wait_until
+from helpers import (
+    STARTUP_TIMEOUT,
+    async_redis,
+    connect,
+    groups,
+    make_token,
+    new_tenant,
+    wait_until,
+)
 from streaming import keys
 from streaming.bridge import Bridge, BridgeConfig
 
@@ -44,6 +52,7 @@ class BridgeProcess:
     def start(self) -> BridgeProcess:
         with self.log_path.open("a") as out:
             self.process = subprocess.Popen(self.args, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        RUNNING.append(self)
         return self
 
     def kill(self) -> None:
@@ -58,6 +67,19 @@ class BridgeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+
+RUNNING: list[BridgeProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def no_bridge_left_running() -> Iterator[None]:
+    """A test that fails before it stops its bridge does not leave the process behind."""
+    yield
+    while RUNNING:
+        bridge = RUNNING.pop()
+        if bridge.process is not None and bridge.process.poll() is None:
+            bridge.kill()
 
 
 @pytest.fixture
@@ -132,7 +154,7 @@ async def test_ten_thousand_entries_of_twenty_tenants_arrive_once_each_in_order_
     chunks = [plan[i:i + 250] for i in range(0, len(plan), 250)]
     ids: list[str] = []
     bridge = BridgeProcess(redis_url, tmp_path / "bridge.log").start()
-    await wait_until(lambda: pending(redis_client, groups_only=True) == 0)  # its groups exist: it is up
+    await wait_until(lambda: pending(redis_client, groups_only=True) == 0, STARTUP_TIMEOUT)  # its groups exist: it is up
     written_at_kill = copied_at_kill = pending_at_kill = 0
     for chunk in chunks:  # the producers keep writing while the bridge runs, dies, and comes back
         ids += produce(redis_client, chunk)
@@ -145,7 +167,7 @@ async def test_ten_thousand_entries_of_twenty_tenants_arrive_once_each_in_order_
     assert 3_000 <= copied_at_kill <= written_at_kill < len(plan), "the bridge was killed mid-way"
     bridge = BridgeProcess(redis_url, tmp_path / "bridge.log").start()
     await wait_until(
-        lambda: copied_count(redis_client, tenants) >= 10_000 and pending(redis_client) == 0, timeout=20
+        lambda: copied_count(redis_client, tenants) >= 10_000 and pending(redis_client) == 0, STARTUP_TIMEOUT
     )
     assert bridge.terminate() == 0
     skipped = sum(int(n) for n in re.findall(r"(\d+) already copied before", bridge.log()))
@@ -188,7 +210,7 @@ async def test_a_bridge_that_died_between_copy_and_ack_copies_nothing_twice_when
     assert pending(redis_client) == 4
 
     bridge = BridgeProcess(redis_url, tmp_path / "bridge.log", consumer="crashed").start()
-    await wait_until(lambda: pending(redis_client) == 0)
+    await wait_until(lambda: pending(redis_client) == 0, STARTUP_TIMEOUT)
     assert bridge.terminate() == 0
     assert [f["source_id"] for f in tenant_entries(redis_client, tenant)] == ids
     assert "bridge: 2 copied, 2 already copied before, 0 dead-lettered" in bridge.log()
@@ -220,7 +242,7 @@ async def test_serve_with_the_bridge_delivers_shared_stream_entries_to_subscribe
     gateway = make_gateway(bridge=True)
     async with connect(gateway.ws_url, token=make_token(tenant)) as client:
         await client.subscribe("1", "subscription { events { id type tenantId payload } }")
-        await asyncio.sleep(0.5)
+        await wait_until(lambda: len(groups(redis_client, tenant)) == 1)  # live: its cursor exists
         [source_id] = produce(redis_client, [("orders", valid_entry(tenant, "orders", 7))])
         event = await client.next_data("1", "events")
     [copied_id] = [entry_id.decode() for entry_id, _ in redis_client.xrange(keys.events_key(tenant))]  # type: ignore[union-attr]

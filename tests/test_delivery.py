@@ -125,17 +125,22 @@ async def test_a_durable_subscriber_gets_exactly_what_arrived_while_it_was_away(
 async def test_durable_names_are_scoped_to_the_user(
     gateway: GatewayServer, redis_client: redis.Redis, tenant: str
 ) -> None:
-    async with connect(gateway.ws_url, token=make_token(tenant, "alice")) as alice:
+    alice_token, bob_token = make_token(tenant, "alice"), make_token(tenant, "bob")
+    async with connect(gateway.ws_url, token=alice_token) as alice:
         await alice.subscribe("1", RESUME_QUERY, {"durable": "screen"})
         await subscribed(gateway, tenant)
     await wait_until(lambda: gateway.hub.counters.tenant(tenant).subscriptions == 0)
-    missed = publish(redis_client, tenant, "order_created", {})
-    async with connect(gateway.ws_url, token=make_token(tenant, "bob")) as bob:
+    missed = publish(redis_client, tenant, "order_created", {"n": 1})  # after alice's cursor
+    async with connect(gateway.ws_url, token=bob_token) as bob:
         await bob.subscribe("1", RESUME_QUERY, {"durable": "screen"})  # bob's own, new cursor
         await subscribed(gateway, tenant)
-        live = publish(redis_client, tenant, "order_created", {})
-        assert [e["id"] for e in await bob.collect("1", "events", 1)] == [live]
-    assert missed != live
+        live = publish(redis_client, tenant, "order_created", {"n": 2})
+        assert [e["id"] for e in await bob.collect("1", "events", 1)] == [live]  # no `missed` first
+    await wait_until(lambda: gateway.hub.counters.tenant(tenant).subscriptions == 0)
+    async with connect(gateway.ws_url, token=alice_token) as alice:
+        await alice.subscribe("1", RESUME_QUERY, {"durable": "screen"})  # her old cursor
+        assert [e["id"] for e in await alice.collect("1", "events", 2)] == [missed, live]
+        await alice.expect_silence(0.3)
 
 
 async def test_a_newer_subscription_takes_over_a_durable_name(

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from app import create_app
-from gateway.http_streams import SLOW_CONSUMER_MESSAGE
+from gateway.closes import SLOW_CONSUMER
 from gateway.settings import Settings
 from helpers import (
     EVENTS_QUERY,
@@ -278,41 +278,62 @@ class SlowClient:
 
 
 @asynccontextmanager
-async def served(settings: Settings, client: SlowClient) -> AsyncIterator[asyncio.Task[None]]:
-    """A gateway app (its own runtime, on this loop) serving `client`'s request."""
+async def served(
+    settings: Settings, client: SlowClient, *others: SlowClient
+) -> AsyncIterator[asyncio.Task[None]]:
+    """A gateway app (its own runtime, on this loop) serving `client`'s request, and `others`'."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        task = asyncio.create_task(app(client.scope, client.receive, client.send))
+        tasks = [asyncio.create_task(app(c.scope, c.receive, c.send)) for c in (client, *others)]
         try:
-            yield task
+            yield tasks[0]
         finally:
-            client.disconnect.set()
-            client.release.set()
-            await asyncio.wait_for(task, 10)
+            for c in (client, *others):
+                c.disconnect.set()
+                c.release.set()
+            for task in tasks:
+                await asyncio.wait_for(task, 10)
 
 
 async def test_an_event_is_acknowledged_only_after_its_sse_frame_was_sent(
     base_settings: Settings, redis_client: redis.Redis, tenant: str
 ) -> None:
-    client = SlowClient(make_token(tenant), EVENTS_QUERY, stalls=2)
-    async with served(base_settings, client):
-        await wait_until(lambda: len(groups(redis_client, tenant)) == 1)
-        start = last_delivered(redis_client, tenant)
-        first = publish(redis_client, tenant, "tool_call", {"n": 1})
+    """The stalled stream's group must stay put through cursor flushes (one every
+    RAGLINE_ACK_INTERVAL): a second stream of the same tenant, which reads at once,
+    proves each flush happened by its own group moving past a marker."""
+    token = make_token(tenant)
+    client = SlowClient(token, EVENTS_QUERY, stalls=2)
+    observer = SlowClient(token, "subscription { orderEvents { id } }", stalls=0)
+    stalled, observed = f"ragline-ws-{tenant}:", f"ragline-ws-orders-{tenant}:"  # their groups
+    async with served(base_settings, client, observer):
+        await wait_until(lambda: len(groups(redis_client, tenant)) == 2)
+        start = position(redis_client, tenant, stalled)
+        first = publish(redis_client, tenant, "tool_call", {"n": 1})  # skipped by the observer
         second = publish(redis_client, tenant, "tool_call", {"n": 2})
 
         assert first in await asyncio.wait_for(client.stalled.get(), 10)
-        await asyncio.sleep(0.3)  # many cursor flushes (every 20 ms)
-        assert last_delivered(redis_client, tenant) == start
+        marker = publish(redis_client, tenant, "order_created", {"n": 3})
+        await wait_until(lambda: position(redis_client, tenant, observed) == marker)  # a flush
+        assert position(redis_client, tenant, stalled) == start
         client.release.set()  # the first frame is written
 
         assert second in await asyncio.wait_for(client.stalled.get(), 10)
-        await wait_until(lambda: last_delivered(redis_client, tenant) == first)
-        await asyncio.sleep(0.3)
-        assert last_delivered(redis_client, tenant) == first
-        client.release.set()
-        await wait_until(lambda: last_delivered(redis_client, tenant) == second)
+        await wait_until(lambda: position(redis_client, tenant, stalled) == first)
+        marker_2 = publish(redis_client, tenant, "order_created", {"n": 4})
+        await wait_until(lambda: position(redis_client, tenant, observed) == marker_2)
+        assert position(redis_client, tenant, stalled) == first
+        client.release.set()  # the second frame is written; the markers are not held
+        await wait_until(lambda: position(redis_client, tenant, stalled) == marker_2)
+    frames = [f for f in client.sent if f.startswith("event: next")]
+    ids = [json.loads(f.split("data: ", 1)[1])["data"]["events"]["id"] for f in frames]
+    assert ids == [first, second, marker, marker_2]
     assert groups(redis_client, tenant) == []
+
+
+def position(client: redis.Redis, tenant: str, prefix: str) -> str:
+    """Last-delivered id of the tenant's one group whose name starts with `prefix`."""
+    (group,) = [g for g in groups(client, tenant) if str(g["name"]).startswith(prefix)]
+    return str(group["last-delivered-id"])
 
 
 async def test_a_stalled_http_subscription_ends_with_slow_consumer_and_its_event_unacknowledged(
@@ -328,7 +349,7 @@ async def test_a_stalled_http_subscription_ends_with_slow_consumer_and_its_event
         assert unsent in await asyncio.wait_for(client.stalled.get(), 10)
         await asyncio.wait_for(task, 5)  # the response ended on its own
 
-    error = {"message": SLOW_CONSUMER_MESSAGE, "extensions": {"code": "SLOW_CONSUMER"}}
+    error = {"message": SLOW_CONSUMER.reason, "extensions": {"code": "SLOW_CONSUMER"}}
     assert client.sent == [f"event: next\ndata: {json.dumps({'data': None, 'errors': [error]}, separators=(',', ':'))}\n\nevent: complete\ndata: \n\n", ""]
     assert client.ended
     assert last_delivered(redis_client, tenant) == start  # resuming "slow" starts with `unsent`

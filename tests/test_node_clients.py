@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SECRET, GatewayServer
+from helpers import SECRET, GatewayServer, issued
 
 CLIENTS = Path(__file__).resolve().parent / "clients"
 SUITES = sorted(path.name for path in CLIENTS.glob("*.test.mjs"))
@@ -68,7 +68,7 @@ def installed_clients() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def node_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+def node_env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     reason = node_skip_reason()
     if reason is not None:
         pytest.skip(reason)
@@ -76,7 +76,12 @@ def node_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
         gateway: GatewayServer = request.getfixturevalue("gateway")  # started only when Node is there
         redis_url: str = request.getfixturevalue("redis_url")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "NODE_"))}
-        env.update(GATEWAY_URL=gateway.http_url, GATEWAY_REDIS_URL=redis_url, GATEWAY_JWT_SECRET=SECRET)
+        token_log = tmp_path_factory.mktemp("node") / "tokens.txt"
+        token_log.touch()
+        env.update(
+            GATEWAY_URL=gateway.http_url, GATEWAY_REDIS_URL=redis_url, GATEWAY_JWT_SECRET=SECRET,
+            GATEWAY_TOKEN_LOG=str(token_log),
+        )
         yield env
 
 
@@ -86,5 +91,7 @@ def test_client_library_suite_passes(suite: str, node_env: dict[str, str]) -> No
         ["node", "--test", "--test-reporter=spec", suite],
         cwd=CLIENTS, env=node_env, capture_output=True, text=True, timeout=120, check=False,
     )
+    for token in Path(node_env["GATEWAY_TOKEN_LOG"]).read_text().split():
+        issued(token)  # the session's leak check looks for these too
     print(done.stdout)  # pytest -rP (or -s) shows it, e.g. the graphql-http audit's SHOULD results
     assert done.returncode == 0, f"{suite} failed:\n{done.stdout}\n{done.stderr}"

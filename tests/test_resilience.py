@@ -15,10 +15,12 @@ import redis
 import websockets
 
 from gateway.embedded import RedisServer
+from gateway.metrics import REDIS
 from helpers import (
     SECRET,
     GatewayProcess,
     GatewayServer,
+    async_redis,
     close_of,
     connect,
     error_code,
@@ -27,6 +29,8 @@ from helpers import (
     publish,
     wait_until,
 )
+from streaming import keys
+from streaming.janitor import Janitor, JanitorConfig
 
 pytestmark = pytest.mark.anyio
 DURABLE_QUERY = "subscription($durable: String) { events(durable: $durable) { id type } }"
@@ -39,12 +43,12 @@ def process_env(redis_url: str, **extra: str) -> dict[str, str]:
 async def test_an_event_read_but_not_sent_before_a_sigkill_arrives_after_restart(
     redis_url: str, redis_client: redis.Redis, tenant: str, make_gateway: object, tmp_path: Path
 ) -> None:
-    crashing = GatewayProcess(process_env(redis_url, RAGLINE_DEBUG_HOLD_TYPE="held_back"), tmp_path / "gw.log").start()
+    crashing = GatewayProcess(process_env(redis_url), tmp_path / "gw.log", fault="hold_type('held_back')").start()
     token = make_token(tenant)
     try:
         async with connect(crashing.ws_url, token=token) as client:
             await client.subscribe("1", DURABLE_QUERY, {"durable": "till"})
-            await asyncio.sleep(0.5)
+            await wait_until(lambda: len(groups(redis_client, tenant)) == 1)  # the cursor exists: live
             sent = publish(redis_client, tenant, "order_created", {})
             assert [e["id"] for e in await client.collect("1", "events", 1)] == [sent]
             unsent = publish(redis_client, tenant, "held_back", {})
@@ -77,7 +81,7 @@ async def test_sigterm_completes_operations_closes_1001_and_loses_nothing(
     try:
         async with connect(gateway.ws_url, token=token) as client:
             await client.subscribe("1", DURABLE_QUERY, {"durable": "screen"})
-            await asyncio.sleep(0.5)
+            await wait_until(lambda: len(groups(redis_client, tenant)) == 1)  # it is live
             producer = asyncio.create_task(produce())
             received += [e["id"] for e in await client.collect("1", "events", 20)]
             started = time.monotonic()
@@ -110,7 +114,7 @@ async def test_sigterm_completes_operations_closes_1001_and_loses_nothing(
 async def test_janitor_removes_a_killed_processes_groups_and_never_a_live_ones(
     redis_url: str, redis_client: redis.Redis, tenant: str, gateway: GatewayServer, tmp_path: Path
 ) -> None:
-    doomed = GatewayProcess(process_env(redis_url, RAGLINE_ORPHAN_TIMEOUT="2"), tmp_path / "gw.log").start()
+    doomed = GatewayProcess(process_env(redis_url, RAGLINE_ORPHAN_TIMEOUT="4"), tmp_path / "gw.log").start()
     token = make_token(tenant)
     async with connect(gateway.ws_url, token=token) as survivor:
         await survivor.subscribe("live", DURABLE_QUERY)
@@ -121,11 +125,26 @@ async def test_janitor_removes_a_killed_processes_groups_and_never_a_live_ones(
             await victim.subscribe("2", DURABLE_QUERY)
             await wait_until(lambda: len(groups(redis_client, tenant)) == 3)
             doomed.kill()
-        await asyncio.sleep(1.0)
-        assert len(groups(redis_client, tenant)) == 3  # not before the orphan timeout
+        processes = {_process_of(g["name"], tenant) for g in groups(redis_client, tenant)}
+        [doomed_id] = processes - {_process_of(live_group, tenant)}
+        sweeper = async_redis(redis_url)
+        try:  # a sweep before the orphan timeout (4 s): the killed process's key still lives
+            await Janitor(sweeper, JanitorConfig(process_id="test-sweeper")).sweep()
+            key_alive = await sweeper.exists(keys.process_key(doomed_id))
+        finally:
+            await sweeper.aclose()
+        assert key_alive, "the sweep outlasted the orphan timeout"
+        assert len(groups(redis_client, tenant)) == 3  # so its groups stay
         await wait_until(lambda: [g["name"] for g in groups(redis_client, tenant)] == [live_group], timeout=15)
         entry = publish(redis_client, tenant, "order_created", {})
         assert [e["id"] for e in await survivor.collect("live", "events", 1)] == [entry]
+
+
+def _process_of(group: str, tenant: str) -> str:
+    """The process an ephemeral group is named after (`ragline-ws-T:e:<process>:<id>`)."""
+    parsed = keys.parse_group(group, tenant)
+    assert parsed is not None and parsed[0] == keys.EPHEMERAL_MARK, group
+    return str(parsed[1][0])
 
 
 @pytest.fixture
@@ -136,6 +155,7 @@ def restartable_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.mark.log_errors(r"ERROR: Redis unavailable \(")  # the outage, logged once (asserted below)
 async def test_a_redis_restart_loses_nothing_and_is_logged_once(
     restartable_redis: RedisServer, make_gateway: object, tenant: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -157,7 +177,8 @@ async def test_a_redis_restart_loses_nothing_and_is_logged_once(
         await client.subscribe("2", DURABLE_QUERY)
         assert await error_code(client, "2") == "UNAVAILABLE"
         assert time.monotonic() - started < 2
-        await asyncio.sleep(2)  # several retry rounds while it is down
+        errors = REDIS.errors  # failed attempts of this process (ragline_redis_errors_total)
+        await wait_until(lambda: REDIS.errors >= errors + 9)  # retries go on: 3+ commands fail
 
         restartable_redis.start()
         producer = redis.Redis.from_url(restartable_redis.url)
@@ -172,17 +193,16 @@ async def test_a_redis_restart_loses_nothing_and_is_logged_once(
 async def test_idle_durable_cursors_expire_and_held_ones_do_not(
     gateway: GatewayServer, redis_url: str, redis_client: redis.Redis, tenant: str
 ) -> None:
-    from helpers import async_redis
-    from streaming.janitor import Janitor, JanitorConfig
-
     token = make_token(tenant)
     async with connect(gateway.ws_url, token=token) as client:
         await client.subscribe("idle", DURABLE_QUERY, {"durable": "idle"})
         await client.subscribe("held", DURABLE_QUERY, {"durable": "held"})
         await wait_until(lambda: len(groups(redis_client, tenant)) == 2)
+        registry = keys.durable_registry_key(tenant)
+        idle_owner = f"owner:{keys.durable_group(keys.EVENTS_KIND, tenant, 'u1', 'idle')}"
         await client.complete("idle")
-        await wait_until(lambda: gateway.hub.counters.tenant(tenant).subscriptions == 1)
-        await asyncio.sleep(1.2)
+        await wait_until(lambda: not redis_client.hexists(registry, idle_owner))  # released
+        await asyncio.sleep(1.2)  # the point: the idle cursor's age passes durable_ttl (1 s)
         sweeper = async_redis(redis_url)
         janitor = Janitor(sweeper, JanitorConfig(process_id="test-sweeper", durable_ttl=1.0))
         await janitor.sweep()

@@ -373,6 +373,7 @@ def test_a_public_key_file_that_is_not_a_pem_public_key_is_refused_at_start_up(b
 SECRET_DETAIL = "connection to 10.0.0.7 refused at /srv/ragline/secret.py"
 
 
+@pytest.mark.log_errors(r"connection to 10\.0\.0\.7 refused")  # the internal error, logged whole for operators
 @pytest.mark.parametrize(
     ("protocol", "query"),
     [(TRANSPORT_WS, EVENTS_QUERY), (TRANSPORT_WS, "subscription { ...R } fragment R on Subscription { events { id } }"),
@@ -404,13 +405,14 @@ async def _until_complete(client: ProtocolClient, first: dict[str, Any]) -> list
     return [await client.recv()]
 
 
+@pytest.mark.log_errors(r"connection to 10\.0\.0\.7 refused")  # the internal error, logged whole for operators
 async def test_an_internal_error_in_a_query_is_masked_and_coded_errors_keep_their_words(
     gateway: GatewayServer, tenant: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def broken(*args: Any) -> Any:
         raise RuntimeError(SECRET_DETAIL)
 
-    monkeypatch.setattr("schema.root.resolve_stats", broken)
+    monkeypatch.setattr("resolvers.root.resolve_stats", broken)
     async with httpx.AsyncClient() as http:
         response = await http.post(gateway.http_url, json={"query": STATS_QUERY}, headers={"Authorization": f"Bearer {make_token(tenant)}"})
     assert response.json()["errors"][0]["message"] == "Unexpected error."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -10,10 +11,24 @@ import httpx
 import pytest
 import redis
 
-from helpers import EVENTS_QUERY, SECRET, STATS_QUERY, GatewayProcess, connect, make_token, publish
+from helpers import (
+    EVENTS_QUERY,
+    SECRET,
+    STARTUP_TIMEOUT,
+    STATS_QUERY,
+    GatewayProcess,
+    ProtocolClient,
+    connect,
+    groups,
+    make_token,
+    publish,
+    wait_until,
+)
+from streaming import keys
 
 pytestmark = pytest.mark.anyio
 CLIENTS = 8
+MAX_CLIENTS = 40
 
 
 async def test_workers_share_the_port_and_every_subscriber_gets_every_event(
@@ -25,11 +40,20 @@ async def test_workers_share_the_port_and_every_subscriber_gets_every_event(
     try:
         await _wait_for_workers(tmp_path / "gw.log", 2)
         async with AsyncExitStack() as stack:
-            clients = [await stack.enter_async_context(connect(gateway.ws_url, token=token)) for _ in range(CLIENTS)]
-            for client in clients:
+            clients: list[ProtocolClient] = []
+            holders: dict[str, int] = {}  # subscriptions by worker process
+            # Each connection goes to whichever worker accepts it first: connect until both
+            # hold some (8 all on one worker would happen once in 128 runs; 40, never).
+            while len(clients) < CLIENTS or len(holders) < 2:
+                assert len(clients) < MAX_CLIENTS, f"every connection went to one worker: {holders}"
+                client = await stack.enter_async_context(connect(gateway.ws_url, token=token))
                 await client.subscribe("1", EVENTS_QUERY)
-            stats = await _wait_for_stats(gateway.port, token, subscriptions=CLIENTS)
-            assert stats["connections"] == CLIENTS
+                clients.append(client)
+                await wait_until(lambda: len(groups(redis_client, tenant)) == len(clients))
+                holders = _holders(redis_client, tenant)
+            assert len(holders) == 2 and sum(holders.values()) == len(clients), holders
+            stats = await _wait_for_stats(gateway.port, token, subscriptions=len(clients))
+            assert stats["connections"] == len(clients)
             ids = [publish(redis_client, tenant, "order_created", {"n": n}) for n in range(5)]
             for client in clients:
                 assert [e["id"] for e in await client.collect("1", "events", 5)] == ids
@@ -38,7 +62,8 @@ async def test_workers_share_the_port_and_every_subscriber_gets_every_event(
 
 
 async def _wait_for_workers(log: Path, count: int) -> None:
-    for _ in range(300):
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
         lines = log.read_text().splitlines()
         if sum("Application startup complete" in line for line in lines) >= count:
             return
@@ -57,3 +82,14 @@ async def _wait_for_stats(port: int, token: str, subscriptions: int) -> dict[str
                 return dict(stats)
             await asyncio.sleep(0.1)
     raise AssertionError(f"stats never summed to {subscriptions} subscriptions: {stats}")
+
+
+def _holders(client: redis.Redis, tenant: str) -> dict[str, int]:
+    """Subscriptions of `tenant` by the process holding them: each subscription's group
+    on the tenant's stream is named after its process (`ragline-ws-T:e:<process>:<id>`)."""
+    held: dict[str, int] = {}
+    for group in groups(client, tenant):
+        parsed = keys.parse_group(str(group["name"]), tenant)
+        assert parsed is not None and parsed[0] == keys.EPHEMERAL_MARK, group
+        held[parsed[1][0]] = held.get(parsed[1][0], 0) + 1
+    return held

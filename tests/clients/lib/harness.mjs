@@ -4,8 +4,10 @@
 //   GATEWAY_URL         http://127.0.0.1:PORT/graphql
 //   GATEWAY_REDIS_URL   the Redis the gateway reads, where these tests XADD like a producer
 //   GATEWAY_JWT_SECRET  the gateway's HS256 secret, to mint tokens for fresh tenants
+//   GATEWAY_TOKEN_LOG   a file where every token minted here is appended, one a line: pytest
+//                       checks that none of them ever reached the gateway's logs
 import { createHmac, randomUUID } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { appendFileSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createClient as createRedisClient } from 'redis';
 
@@ -21,6 +23,7 @@ export const httpUrl = required('GATEWAY_URL');
 export const wsUrl = httpUrl.replace(/^http/, 'ws');
 const redisUrl = required('GATEWAY_REDIS_URL');
 const secret = required('GATEWAY_JWT_SECRET');
+const tokenLog = required('GATEWAY_TOKEN_LOG');
 export const TIMEOUT_MS = 10_000;
 
 const operations = new URL('../../../graphql/operations/', import.meta.url);
@@ -35,16 +38,22 @@ export function newTenant() {
 
 const base64url = (value) => Buffer.from(value).toString('base64url');
 
+/** `jwt`, remembered for pytest's check that no log line holds a token. */
+function issued(jwt) {
+  appendFileSync(tokenLog, `${jwt}\n`);
+  return jwt;
+}
+
 /** An HS256 JWT the gateway accepts (or, with a negative ttl, one that has expired). */
 export function token(tenant, { user = 'u1', ttl = 3600, roles } = {}) {
   const claims = { tenant_id: tenant, user_id: user, exp: Math.floor(Date.now() / 1000) + ttl };
   if (roles) claims.roles = roles;
   const unsigned = `${base64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }))}.${base64url(JSON.stringify(claims))}`;
-  return `${unsigned}.${createHmac('sha256', secret).update(unsigned).digest('base64url')}`;
+  return issued(`${unsigned}.${createHmac('sha256', secret).update(unsigned).digest('base64url')}`);
 }
 
 export const EXPIRED = (tenant) => token(tenant, { ttl: -60 });
-export const FORGED = (tenant) => `${token(tenant).slice(0, -4)}AAAA`;
+export const FORGED = (tenant) => issued(`${token(tenant).slice(0, -4)}AAAA`);
 
 /** A Redis connection for the test file: the producer side and XINFO GROUPS. */
 export async function connectRedis() {
