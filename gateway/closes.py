@@ -58,23 +58,15 @@ UNAUTHORIZED = Close(CloseCode.UNAUTHORIZED, "Unauthorized", Retry.NEVER)
 INIT_TIMEOUT = Close(CloseCode.TIMEOUT, "Connection initialisation timeout", Retry.RECONNECT)
 PING_TIMEOUT = Close(CloseCode.TIMEOUT, "Ping timeout", Retry.RECONNECT)
 TOO_MANY_INITS = Close(CloseCode.TOO_MANY_REQUESTS, "Too many initialisation requests", Retry.NEVER)
-SLOW_CONSUMER = Close(
-    CloseCode.TRY_AGAIN_LATER,
-    "Slow consumer: the client did not read its events in time; resubscribe with 'after'",
-    Retry.RESUME,
-)
+SLOW = "Slow consumer: the client did not read its events in time; "
+SLOW_CONSUMER = Close(CloseCode.TRY_AGAIN_LATER, SLOW + "resubscribe with 'after'", Retry.RESUME)
 NOT_TEXT = Close(CloseCode.BAD_REQUEST, "WebSocket message type must be text", Retry.NEVER)
 NOT_JSON = Close(CloseCode.BAD_REQUEST, "WebSocket message must be valid JSON", Retry.NEVER)
 
-# -- /ws and /ws/orders -------------------------------------------------------------------
-WS_SHUTDOWN = Close(CloseCode.GOING_AWAY, "Server shutting down", Retry.RECONNECT)
+# -- /ws and /ws/orders (a graceful shutdown is SHUTDOWN there too) ----------------------
 WS_TOKEN_EXPIRED = Close(CloseCode.POLICY_VIOLATION, "Token expired", Retry.NEW_TOKEN)
 WS_STREAM_ENDED = Close(CloseCode.GOING_AWAY, "Stream ended", Retry.RECONNECT)
-WS_SLOW_CONSUMER = Close(
-    CloseCode.TRY_AGAIN_LATER,
-    "Slow consumer: the client did not read its events in time; reconnect with last_event_id",
-    Retry.RESUME,
-)
+WS_SLOW_CONSUMER = Close(CloseCode.TRY_AGAIN_LATER, SLOW + "reconnect with last_event_id", Retry.RESUME)
 
 # Either endpoint: over a per-user or per-tenant connection limit (the reason names the limit).
 TOO_MANY_CONNECTIONS = CloseCode.TOO_MANY_REQUESTS
@@ -91,5 +83,5 @@ def close_reason(text: str) -> str:
 CATALOGUE: dict[str, tuple[Close, ...]] = {
     "/graphql": (SHUTDOWN, TOKEN_EXPIRED, FORBIDDEN, UNAUTHORIZED, INIT_TIMEOUT, PING_TIMEOUT,
                  TOO_MANY_INITS, SLOW_CONSUMER, NOT_TEXT, NOT_JSON),
-    "/ws": (WS_SHUTDOWN, WS_TOKEN_EXPIRED, WS_STREAM_ENDED, WS_SLOW_CONSUMER),
+    "/ws": (SHUTDOWN, WS_TOKEN_EXPIRED, WS_STREAM_ENDED, WS_SLOW_CONSUMER),
 }

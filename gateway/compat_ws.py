@@ -262,7 +262,7 @@ class SocketSession:
 
     async def _shut_down(self) -> None:
         await self.drain.requested.wait()
-        await self.close(closes.WS_SHUTDOWN.code, closes.WS_SHUTDOWN.reason)
+        await self.close(closes.SHUTDOWN.code, closes.SHUTDOWN.reason)
 
     async def _heartbeat(self) -> None:
         await self.send(self._labelled({"type": ServerMessage.HEARTBEAT, "timestamp": now()}))
