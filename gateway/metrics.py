@@ -149,7 +149,7 @@ class GatewayCollector(Collector):
         yield CounterMetricFamily("ragline_redis_errors", "Failed Redis attempts, retries included", value=REDIS.errors)
         yield CounterMetricFamily("ragline_redis_reconnects", "Redis connections re-established after failures", value=REDIS.reconnects)
         yield CounterMetricFamily(
-            "ragline_slow_consumer_closes", "Subscriptions ended for a client not reading in time",
+            "ragline_slow_consumer_closes", "Connections ended for a client not reading in time",
             value=metrics.delivery.slow_consumers,
         )
         yield CounterMetricFamily("ragline_ping_timeouts", "Sockets closed for a missing pong", value=metrics.ping_timeouts)

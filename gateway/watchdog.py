@@ -1,4 +1,4 @@
-"""Slow consumers on the `/graphql` fast path, found without a timer per write.
+"""Slow consumers on `/graphql` (every operation's writes, on every path), found without a timer per write.
 
 A frame write normally completes at once (the transport buffers it); only a
 peer that stopped reading makes one wait, once the buffers are full. Arming

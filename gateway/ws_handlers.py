@@ -8,14 +8,20 @@ also gets server pings (`gateway.heartbeat`) and the shared-execution fast
 path (`resolvers.shared`); legacy graphql-ws gets the init timeout and the
 refusal of a second `connection_init` that Strawberry only applies to the
 newer protocol, and its `ka` keep-alive.
+
+Every frame an operation writes, on either subprotocol and either path (ours or
+Strawberry's), is written under the slow-consumer deadline of the process's
+`WriteWatch`; one that misses it ends all the connection's operations the same
+way (`_ConnectionHooks.slow_consumer`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -36,6 +42,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
     CompleteMessage,
     ConnectionInitMessage,
+    NextMessage,
     PongMessage,
     SubscribeMessage,
 )
@@ -58,17 +65,26 @@ from .heartbeat import Heartbeat
 from .limits import ConnectionRefused, Limit, TokenBucket, rate_limited, too_many_subscriptions
 from .logs import OPERATION_ID, new_connection_id
 from .protocol import legacy_ws_violation, transport_ws_violation
-from .watchdog import stalled
+from .watchdog import Writer, stalled
 
 if TYPE_CHECKING:
     from .transport import GatewayRouter
 
 logger = logging.getLogger(__name__)
 SOCKET_GONE = (RuntimeError, OSError, WebSocketDisconnect, WebSocketDisconnected)
+RESULTS = frozenset({"next", "data"})  # the message types that carry an operation's results
+# The writes of the current task, if it runs an operation; None in the connection's own
+# tasks (its messages, acks, pongs and refusals, are not results and take no deadline).
+_WRITER: ContextVar[Writer | None] = ContextVar("ragline_ws_writer", default=None)
 
 
-class SlowConsumerError(Exception):
-    """A frame could not be written within `slow_consumer_timeout`."""
+def slow_consumer_error() -> GatewayError:
+    return GatewayError(ErrorCode.SLOW_CONSUMER, closes.SLOW_CONSUMER.reason)
+
+
+def error_next(operation_id: str, error: GraphQLError) -> NextMessage:
+    """graphql-transport-ws's way to end an operation with an error it can resume from."""
+    return {"id": operation_id, "type": "next", "payload": {"data": None, "errors": [error.formatted]}}
 
 
 def asgi_send(websocket: WebSocket) -> Callable[[Message], Awaitable[None]]:
@@ -92,7 +108,7 @@ class GatewayWebSocketAdapter(ASGIWebSocketAdapter):
 
 
 class _ConnectionHooks:
-    """What both handlers add: accounting, drain, rate limit, and giving up on a dead peer."""
+    """What both handlers add: accounting, drain, rate limit, the write deadline, and giving up on a peer."""
 
     view: GatewayRouter
     context: GatewayContext
@@ -103,7 +119,10 @@ class _ConnectionHooks:
         settings = self.view.runtime.settings
         self.bucket = TokenBucket(settings.subscribe_rate, settings.subscribe_burst)
         self._abandoned = False
+        self._serving = False
         self._task: asyncio.Task[Any] | None = None
+        self._ending: asyncio.Task[None] | None = None  # the slow-consumer ending, while it runs
+        self._unfinished: list[str] = []  # operations whose own last message missed the deadline
 
     async def handle(self) -> None:
         new_connection_id()
@@ -111,13 +130,17 @@ class _ConnectionHooks:
         connections = self.view.runtime.connections
         connections.add(self)
         try:
+            self._serving = True
             await self.serve()
         except asyncio.CancelledError:
-            # `abandon` cancelled us to stop waiting on a dead peer: that ends the connection
-            # normally; any other cancellation goes on.
+            # `_drop` cancelled us to stop waiting on a peer that takes nothing: that ends
+            # the connection normally; any other cancellation goes on.
             if not self._abandoned or self._task is None or self._task.uncancel() > 0:
                 raise
         finally:
+            self._serving = False
+            if self._ending is not None:
+                await self._ending
             connections.discard(self)
             self.view.on_ws_disconnect(self.context)
 
@@ -137,13 +160,20 @@ class _ConnectionHooks:
     async def complete_all(self) -> None:
         raise NotImplementedError
 
-    async def cancel_all(self) -> None:
-        """End every operation without a word to the client (their groups are released)."""
+    async def cancel_all(self) -> list[str]:
+        """End every operation without a word to the client (their groups are released);
+        the ids of those that were running."""
+        raise NotImplementedError
+
+    async def say_slow_consumer(self, operation_ids: list[str]) -> None:
+        """Tell the client that these operations ended as a slow consumer, as its protocol can."""
         raise NotImplementedError
 
     def refusal(self, active: int) -> GatewayError | None:
-        """Why a new operation may not start: the rate, then the subscription limit."""
+        """Why a new operation may not start: the connection being ended, the rate, then the limit."""
         metrics, settings = self.view.runtime.metrics, self.view.runtime.settings
+        if self._ending is not None:
+            return slow_consumer_error()
         if not self.bucket.take():
             metrics.refused(Limit.SUBSCRIBE_RATE)
             return rate_limited(settings)
@@ -157,23 +187,95 @@ class _ConnectionHooks:
         logger.info("connection refused: %s", refused.reason)
         await self.websocket.close(refused.code, refused.reason)
 
+    async def send_message(self, message: Any) -> None:
+        """Every message the handlers write (Strawberry's included). An operation's are written
+        under the slow-consumer deadline, without a timer per write: the process's `WriteWatch`
+        cancels a write pending too long, which ends the connection's operations (`slow_consumer`)."""
+        writer = _WRITER.get()
+        if writer is None:
+            await super().send_message(message)  # type: ignore[misc]
+            return
+        if self._ending is not None:
+            # The ending speaks for every operation: a result waits to be cancelled with its
+            # operation (so it is neither written nor acknowledged); anything else is dropped.
+            if message["type"] in RESULTS:
+                await self._cancelled_by_ending()
+            return
+        writer.since = asyncio.get_running_loop().time()
+        try:
+            await super().send_message(message)  # type: ignore[misc]
+        except asyncio.CancelledError:
+            if not stalled(writer):
+                raise
+            if message["type"] not in RESULTS:  # its own last message: the operation is already forgotten
+                self._unfinished.append(message["id"])
+            await self.slow_consumer()
+        finally:
+            writer.since = 0.0
+
+    @contextmanager
+    def operation_writes(self) -> Iterator[Writer]:
+        """The current task runs an operation: its writes take the deadline until it ends."""
+        watch = self.view.runtime.writes
+        writer = watch.watch()
+        _WRITER.set(writer)
+        try:
+            yield writer
+        finally:
+            watch.forget(writer)
+
+    async def slow_consumer(self) -> None:
+        """A write of this operation missed the deadline: end all the connection's operations
+        as a slow consumer (once, counted once), and wait to be cancelled with them. The write
+        that missed wrote nothing, so its entry stays unacknowledged."""
+        if self._ending is None:
+            self.view.runtime.metrics.delivery.slow_consumers += 1
+            logger.info("ending the operations of a client that did not read in time")
+            self._ending = asyncio.create_task(self._end_slow_consumer())
+        await self._cancelled_by_ending()
+
+    async def _cancelled_by_ending(self) -> None:
+        """Wait for the ending to cancel this operation with the others."""
+        assert self._ending is not None
+        await asyncio.shield(self._ending)
+        raise asyncio.CancelledError  # not cancelled with the others (it was already ending): end anyway
+
+    async def _end_slow_consumer(self) -> None:
+        _WRITER.set(None)  # created in an operation's task, this one writes as the connection
+        OPERATION_ID.set(None)
+        try:
+            ended = await self.cancel_all()
+            unfinished = [operation_id for operation_id in self._unfinished if operation_id not in ended]
+            await self._last_words(self.say_slow_consumer(ended + unfinished), "the slow-consumer error")
+        finally:
+            self._unfinished.clear()
+            self._ending = None
+
     async def abandon(self, ending: Close) -> None:
         """Give up on a peer that stopped answering: free its operations at once,
-        then close without waiting on it. If even the close frame cannot be
-        written (the peer stopped reading and the buffers are full), the
-        handler ends anyway; the kernel releases the socket later."""
+        then close without waiting on it."""
         await self.cancel_all()
+        await self._last_words(self.close(ending), "the close frame")
+
+    async def _last_words(self, words: Awaitable[None], what: str) -> None:
+        """`words` written within FINAL_WRITE_TIMEOUT, or the connection dropped without them:
+        a peer that stopped reading is never left holding it open."""
         try:
             async with asyncio.timeout(FINAL_WRITE_TIMEOUT):
-                await self.close(ending)
+                await words
             return
         except TimeoutError:
             pass
         except SOCKET_GONE:
             return
-        logger.info("not even the close frame could be written: ending the connection without it")
-        self._abandoned = True
-        if self._task is not None:
+        logger.info("not even %s could be written: ending the connection without it", what)
+        self._drop()
+
+    def _drop(self) -> None:
+        """End the handler without a close frame: its operations are already freed; uvicorn
+        closes the transport once the peer has taken what was buffered for it."""
+        if self._serving and self._task is not None:
+            self._abandoned = True
             self._task.cancel()
 
 
@@ -247,7 +349,8 @@ class TransportWSHandler(_ConnectionHooks, BaseGraphQLTransportWSHandler[Gateway
 
     async def run_operation(self, operation: Operation[GatewayContext, None]) -> None:
         OPERATION_ID.set(operation.id)  # this task's logs
-        await super().run_operation(operation)
+        with self.operation_writes():
+            await super().run_operation(operation)
 
     async def cleanup_operation(self, operation_id: str) -> None:
         operation = self.operations.get(operation_id)
@@ -261,8 +364,15 @@ class TransportWSHandler(_ConnectionHooks, BaseGraphQLTransportWSHandler[Gateway
             with suppress(*SOCKET_GONE):
                 await self.send_message({"id": operation.id, "type": "complete"})
 
-    async def cancel_all(self) -> None:
-        await self._cancel_operations()
+    async def cancel_all(self) -> list[str]:
+        return [operation.id for operation in await self._cancel_operations()]
+
+    async def say_slow_consumer(self, operation_ids: list[str]) -> None:
+        """Each operation gets the error and `complete`; the connection stays open for new ones."""
+        error = slow_consumer_error()
+        for operation_id in operation_ids:
+            await self.send_message(error_next(operation_id, error))
+            await self.send_message({"id": operation_id, "type": "complete"})
 
     async def _cancel_operations(self) -> list[Operation[GatewayContext, None]]:
         """Cancel every operation and wait for them; the ones that had not completed."""
@@ -292,39 +402,36 @@ class TransportWSHandler(_ConnectionHooks, BaseGraphQLTransportWSHandler[Gateway
 
     async def _run_shared(self, operation: Operation[GatewayContext, None], plan: SharedPlan) -> None:
         OPERATION_ID.set(operation.id)
-        try:
-            payloads = await open_shared(self.context, self.view.planner, plan)
-        except GraphQLError as error:
-            await operation.send_initial_errors([error])
-            return
-        except Exception as error:  # noqa: BLE001 (a bug: log it; the client learns only that it failed)
-            await self.handle_task_exception(error)
-            await operation.send_initial_errors([GraphQLError(MASKED_MESSAGE)])
-            return
-        try:
-            await self._send_payloads(operation, payloads)
-        except GraphQLError as error:
-            await self._end_with(operation, error)
-        except SlowConsumerError:
-            await self._end_with(operation, GatewayError(ErrorCode.SLOW_CONSUMER, closes.SLOW_CONSUMER.reason))
-            return
-        except SOCKET_GONE:
-            return
-        except Exception as error:  # noqa: BLE001 (a bug: log it, end the operation cleanly)
-            await self.handle_task_exception(error)
-            await self._end_with(operation, GraphQLError(MASKED_MESSAGE))
-        finally:
-            await payloads.aclose()
-        await operation.send_operation_message({"id": operation.id, "type": "complete"})
+        with self.operation_writes() as writer:
+            try:
+                payloads = await open_shared(self.context, self.view.planner, plan)
+            except GraphQLError as error:
+                await operation.send_initial_errors([error])
+                return
+            except Exception as error:  # noqa: BLE001 (a bug: log it; the client learns only that it failed)
+                await self.handle_task_exception(error)
+                await operation.send_initial_errors([GraphQLError(MASKED_MESSAGE)])
+                return
+            try:
+                await self._send_payloads(operation, payloads, writer)
+            except GraphQLError as error:
+                await self._end_with(operation, error)
+            except SOCKET_GONE:
+                return
+            except Exception as error:  # noqa: BLE001 (a bug: log it, end the operation cleanly)
+                await self.handle_task_exception(error)
+                await self._end_with(operation, GraphQLError(MASKED_MESSAGE))
+            finally:
+                await payloads.aclose()
+            await operation.send_operation_message({"id": operation.id, "type": "complete"})
 
-    async def _send_payloads(self, operation: Operation[GatewayContext, None], payloads: AsyncIterator[str]) -> None:
+    async def _send_payloads(
+        self, operation: Operation[GatewayContext, None], payloads: AsyncIterator[str], writer: Writer
+    ) -> None:
         """Write each `next` frame; the cursor moves when the next payload is asked for.
-        A write pending longer than `slow_consumer_timeout` raises SlowConsumerError
-        (the process's `WriteWatch` cancels it: no timer per write)."""
+        `send_message`'s deadline, inlined: this loop runs once per event per subscriber."""
         head = f'{{"id":{orjson.dumps(operation.id).decode()},"type":"next","payload":'
         send = asgi_send(self.websocket.ws)
-        watch = self.view.runtime.writes
-        writer = watch.watch()
         clock = asyncio.get_running_loop().time
         try:
             async for payload in payloads:
@@ -334,27 +441,15 @@ class TransportWSHandler(_ConnectionHooks, BaseGraphQLTransportWSHandler[Gateway
                 await send({"type": "websocket.send", "text": f"{head}{payload}}}"})
                 writer.since = 0.0
         except asyncio.CancelledError:
-            if stalled(writer):
-                raise SlowConsumerError from None
-            raise
-        finally:
-            watch.forget(writer)
+            writer.since = 0.0
+            if not stalled(writer):
+                raise
+            await self.slow_consumer()
 
     async def _end_with(self, operation: Operation[GatewayContext, None], error: GraphQLError) -> None:
-        """A `next` with the error, then `complete`; a client that reads nothing gets its socket closed."""
-        if isinstance(error, GatewayError) and error.code == ErrorCode.SLOW_CONSUMER:
-            self.view.runtime.metrics.delivery.slow_consumers += 1
-        try:
-            async with asyncio.timeout(FINAL_WRITE_TIMEOUT):
-                await operation.send_operation_message(
-                    {"id": operation.id, "type": "next", "payload": {"data": None, "errors": [error.formatted]}}
-                )
-                await operation.send_operation_message({"id": operation.id, "type": "complete"})
-        except TimeoutError:
-            logger.info("closing a connection that stopped reading")
-            with suppress(*SOCKET_GONE, TimeoutError):
-                async with asyncio.timeout(FINAL_WRITE_TIMEOUT):
-                    await self.close(closes.SLOW_CONSUMER)
+        """A `next` with the error, then `complete` (under the deadline, as every write)."""
+        await operation.send_operation_message(error_next(operation.id, error))
+        await operation.send_operation_message({"id": operation.id, "type": "complete"})
 
 
 class LegacyWSHandler(_ConnectionHooks, BaseGraphQLWSHandler[GatewayContext, None]):  # type: ignore[misc]  # view: our router subclass
@@ -435,13 +530,24 @@ class LegacyWSHandler(_ConnectionHooks, BaseGraphQLWSHandler[GatewayContext, Non
         self, operation_id: str, query: str, operation_name: str | None, variables: dict[str, object] | None
     ) -> None:
         OPERATION_ID.set(operation_id)  # this task's logs
-        await super().handle_async_results(operation_id, query, operation_name, variables)
+        with self.operation_writes():
+            await super().handle_async_results(operation_id, query, operation_name, variables)
 
     async def complete_all(self) -> None:
         await self.cleanup()  # cancelled operations send their own `complete`
 
-    async def cancel_all(self) -> None:
+    async def cancel_all(self) -> list[str]:
+        running = list(self.tasks)
         await self.cleanup()
+        return running
+
+    async def say_slow_consumer(self, operation_ids: list[str]) -> None:
+        """Each operation gets an `error` (what subscriptions-transport-ws hands to the
+        operation's observer; `connection_error` reaches only a connection callback), then 1013."""
+        payload = slow_consumer_error().formatted
+        for operation_id in operation_ids:
+            await self.send_message({"type": "error", "id": operation_id, "payload": payload})
+        await self.close(closes.SLOW_CONSUMER)
 
     async def _refuse(self, reason: str) -> None:
         with suppress(*SOCKET_GONE):
