@@ -8,15 +8,15 @@ from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
 
-from gateway.compat import router as compat_router
-from gateway.health import router as health_router
-from gateway.ide import mount_graphiql_assets
-from gateway.limits import planner_options, schema_extensions
-from gateway.metrics import registry_for
-from gateway.runtime import Runtime
-from gateway.settings import Settings, load_settings
-from gateway.transport import GatewayRouter, GraphQLWebSockets
-from resolvers.root import build_schema
+from .gateway.compat import router as compat_router
+from .gateway.health import router as health_router
+from .gateway.ide import mount_graphiql_assets
+from .gateway.limits import planner_options, schema_extensions
+from .gateway.metrics import registry_for
+from .gateway.runtime import Runtime
+from .gateway.settings import Settings, load_settings
+from .gateway.transport import GatewayRouter, GraphQLWebSockets
+from .resolvers.root import build_schema
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -54,14 +54,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _start_demo(runtime: Runtime) -> asyncio.Task[None] | None:
     if not runtime.settings.demo or runtime.redis is None:
         return None
-    from gateway.demo import run_demo
+    from .gateway.demo import run_demo
 
     return asyncio.create_task(run_demo(runtime.redis), name="ragline-demo")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `ragline` command."""
-    from gateway.cli import main as cli_main
+    from .gateway.cli import main as cli_main
 
     return cli_main(argv)
 

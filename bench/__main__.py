@@ -23,7 +23,7 @@ from bench.rig import Rig, build_rig
 from bench.scenarios import ScenarioResults, churn_run, idle_run, stalled_run, throughput_run
 from bench.servers import TargetSpec, raise_nofile_limit, select_targets
 from bench.topology import chosen_topologies
-from streaming.connections import is_cluster_url
+from ragline.streaming.connections import is_cluster_url
 
 logger = logging.getLogger("bench")
 

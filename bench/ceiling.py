@@ -52,7 +52,7 @@ from bench.protocol import (
     verify_token,
 )
 from bench.refsettings import RefSettings, parse_workers, uvicorn_options
-from streaming.connections import AnyRedis, node_url, open_client, ping_all
+from ragline.streaming.connections import AnyRedis, node_url, open_client, ping_all
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from bench.protocol import BENCH_CLIENT_PREFIX, events_group_prefix, stream_key
-from streaming.connections import is_cluster_url, node_url, parse_cluster_url
+from ragline.streaming.connections import is_cluster_url, node_url, parse_cluster_url
 
 logger = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from bench.protocol import (
     verify_token,
 )
 from bench.refsettings import RefSettings, parse_workers, uvicorn_options
-from streaming.connections import AnyRedis, is_cluster_url, open_client, ping_all
+from ragline.streaming.connections import AnyRedis, is_cluster_url, open_client, ping_all
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from bench import rpc
 from bench.metrics import self_cpu_seconds
 from bench.protocol import BENCH_CLIENT_PREFIX, stream_key
 from bench.servers import raise_nofile_limit
-from streaming.connections import AnyRedis, open_client
+from ragline.streaming.connections import AnyRedis, open_client
 
 logger = logging.getLogger(__name__)
 

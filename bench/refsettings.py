@@ -10,7 +10,7 @@ import argparse
 import os
 from dataclasses import dataclass
 
-from gateway.wsprotocol import websocket_options
+from ragline.gateway.wsprotocol import websocket_options
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,8 @@ import jwt
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from resolvers.context import Principal
-from streaming.keys import is_valid_id
-
+from ..resolvers.context import Principal
+from ..streaming.keys import is_valid_id
 from .jwks import JwksKeys
 from .settings import Settings, SettingsError
 

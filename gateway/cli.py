@@ -16,9 +16,8 @@ from typing import Any
 import jwt
 import orjson
 
-from streaming.connections import open_client
-from streaming.publish import publish
-
+from ..streaming.connections import open_client
+from ..streaming.publish import publish
 from .demo import DEMO_TENANT, DEMO_USER
 from .ide import graphiql_link
 from .logs import log_config
@@ -86,7 +85,7 @@ WORKER_HEALTHCHECK_TIMEOUT = 60
 
 
 def schema_command(settings: Settings, args: argparse.Namespace) -> int:
-    from resolvers.root import SCHEMA
+    from ..resolvers.root import SCHEMA
 
     print(SCHEMA.as_str())
     return 0
@@ -95,8 +94,7 @@ def schema_command(settings: Settings, args: argparse.Namespace) -> int:
 def serve_command(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from app import create_app
-
+    from ..app import create_app
     from .wsprotocol import websocket_options
 
     settings = settings.with_overrides(
@@ -129,7 +127,7 @@ def serve_command(settings: Settings, args: argparse.Namespace) -> int:
             # Workers build their own app from the environment: hand them the resolved settings.
             os.environ.update(_environment(settings))
             run_workers(uvicorn.Config(
-                "app:create_app", factory=True, workers=args.workers,
+                "ragline.app:create_app", factory=True, workers=args.workers,
                 timeout_worker_healthcheck=WORKER_HEALTHCHECK_TIMEOUT, **options,
             ))
         else:
@@ -179,7 +177,7 @@ def _print_banner(settings: Settings) -> None:
 
 def bridge_command(settings: Settings, args: argparse.Namespace) -> int:
     """Run the bridge until SIGTERM or SIGINT."""
-    from streaming.bridge import default_consumer
+    from ..streaming.bridge import default_consumer
 
     logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
     url, embedded = resolve_redis_url(settings)
@@ -229,7 +227,7 @@ def token_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def sign_token(settings: Settings, secret: str, tenant: str, user: str, roles: list[str], ttl: int) -> str:
     """A token the gateway accepts, signed with its HS* secret."""
-    from streaming.keys import is_valid_id
+    from ..streaming.keys import is_valid_id
 
     if not is_valid_id(tenant) or not is_valid_id(user):
         raise ValueError("tenant and user must match [A-Za-z0-9_.-]{1,64}")

@@ -18,8 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
-from resolvers.context import Principal
-
+from ..resolvers.context import Principal
 from .auth import AuthError
 from .compat_base import Message, authenticate, hub_of, last_event_id, runtime_of, stats_json
 from .compat_sse import SSE_ALL, SSE_NOTIFICATIONS, SSE_ORDERS, EventStream, SseChannel

@@ -17,17 +17,16 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 
-from resolvers.context import GatewayContext, Principal
-from resolvers.events import as_graphql_error
-from resolvers.filters import ORDER_PREFIX
-from resolvers.metrics import DeliveryMetrics
-from resolvers.stats import resolve_stats
-from schema.errors import ErrorCode
-from streaming.entries import Entry
-from streaming.errors import SlowConsumer, StreamingError
-from streaming.hub import Accept, Hub
-from streaming.subscriber import Subscriber
-
+from ..resolvers.context import GatewayContext, Principal
+from ..resolvers.events import as_graphql_error
+from ..resolvers.filters import ORDER_PREFIX
+from ..resolvers.metrics import DeliveryMetrics
+from ..resolvers.stats import resolve_stats
+from ..schema.errors import ErrorCode
+from ..streaming.entries import Entry
+from ..streaming.errors import SlowConsumer, StreamingError
+from ..streaming.hub import Accept, Hub
+from ..streaming.subscriber import Subscriber
 from . import closes
 from .auth import AuthError, AuthFailure, token_from_request
 from .runtime import Runtime

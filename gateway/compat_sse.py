@@ -19,15 +19,14 @@ import orjson
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from resolvers.context import Principal
-from resolvers.filters import type_filter
-from schema.errors import ErrorCode
-from streaming import keys
-from streaming.entries import Entry
-from streaming.errors import StreamingError
-from streaming.hub import Accept, Cursor
-from streaming.subscriber import Subscriber
-
+from ..resolvers.context import Principal
+from ..resolvers.filters import type_filter
+from ..schema.errors import ErrorCode
+from ..streaming import keys
+from ..streaming.entries import Entry
+from ..streaming.errors import StreamingError
+from ..streaming.hub import Accept, Cursor
+from ..streaming.subscriber import Subscriber
 from . import closes
 from .closes import FINAL_WRITE_TIMEOUT
 from .compat_base import (

@@ -25,14 +25,13 @@ from strawberry.http.websocket_origin import (
     normalize_origin,
 )
 
-from resolvers.context import Principal
-from resolvers.filters import type_filter
-from schema.errors import ErrorCode, GatewayError
-from streaming import keys
-from streaming.entries import Entry
-from streaming.errors import StreamingError
-from streaming.hub import Accept, Cursor
-
+from ..resolvers.context import Principal
+from ..resolvers.filters import type_filter
+from ..schema.errors import ErrorCode, GatewayError
+from ..streaming import keys
+from ..streaming.entries import Entry
+from ..streaming.errors import StreamingError
+from ..streaming.hub import Accept, Cursor
 from . import closes
 from .auth import AuthError
 from .closes import FINAL_WRITE_TIMEOUT, CloseCode, close_reason

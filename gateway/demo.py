@@ -8,9 +8,9 @@ import logging
 import random
 import uuid
 
-from streaming import keys
-from streaming.connections import REDIS_ERRORS, AnyRedis
-from streaming.publish import publish
+from ..streaming import keys
+from ..streaming.connections import REDIS_ERRORS, AnyRedis
+from ..streaming.publish import publish
 
 logger = logging.getLogger(__name__)
 DEMO_TENANT = "demo"

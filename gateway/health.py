@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from streaming.connections import REDIS_ERRORS
-
+from ..streaming.connections import REDIS_ERRORS
 from .metrics import CONTENT_TYPE, render
 from .runtime import Runtime
 

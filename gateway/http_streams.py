@@ -52,9 +52,8 @@ from strawberry.subscriptions import (
     MULTIPART_SUBSCRIPTION_PROTOCOL,
 )
 
-from resolvers.context import GatewayContext, Principal
-from schema.errors import ErrorCode
-
+from ..resolvers.context import GatewayContext, Principal
+from ..schema.errors import ErrorCode
 from . import closes
 from .closes import FINAL_WRITE_TIMEOUT
 from .runtime import Runtime

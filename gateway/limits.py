@@ -32,9 +32,8 @@ from strawberry.extensions import (
 from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 
-from resolvers.context import Principal
-from schema.errors import ErrorCode, GatewayError
-
+from ..resolvers.context import Principal
+from ..schema.errors import ErrorCode, GatewayError
 from . import closes
 from .settings import Settings
 

@@ -23,7 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from redis.asyncio.retry import Retry
 
-from resolvers.metrics import LATENCY_BUCKETS, DeliveryMetrics
+from ..resolvers.metrics import LATENCY_BUCKETS, DeliveryMetrics
 
 if TYPE_CHECKING:
     from .runtime import Runtime

@@ -13,12 +13,11 @@ from typing import Any, Protocol
 
 from redis.backoff import ExponentialBackoff
 
-from streaming.bridge import Bridge, BridgeConfig, default_consumer
-from streaming.connections import REDIS_ERRORS, AnyRedis, open_client
-from streaming.hub import Hub, HubConfig, new_process_id
-from streaming.janitor import Janitor, JanitorConfig
-from streaming.readers import StreamReader, open_reader
-
+from ..streaming.bridge import Bridge, BridgeConfig, default_consumer
+from ..streaming.connections import REDIS_ERRORS, AnyRedis, open_client
+from ..streaming.hub import Hub, HubConfig, new_process_id
+from ..streaming.janitor import Janitor, JanitorConfig
+from ..streaming.readers import StreamReader, open_reader
 from .auth import Authenticator
 from .embedded import RedisServer, ensure_embedded
 from .metrics import CountingRetry, GatewayMetrics

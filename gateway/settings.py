@@ -9,8 +9,8 @@ from pathlib import Path
 from types import NoneType, UnionType
 from typing import Any, get_args, get_type_hints
 
-from streaming.hub import HubConfig
-from streaming.janitor import JanitorConfig
+from ..streaming.hub import HubConfig
+from ..streaming.janitor import JanitorConfig
 
 FORBIDDEN_ALGORITHMS = frozenset({"none", ""})
 MIN_HS_KEY_BYTES = 32

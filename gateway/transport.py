@@ -33,9 +33,8 @@ from strawberry.fastapi import GraphQLRouter
 from strawberry.schema import BaseSchema
 from strawberry.types.unset import UNSET, UnsetType
 
-from resolvers.context import GatewayContext, Principal
-from resolvers.shared import Planner
-
+from ..resolvers.context import GatewayContext, Principal
+from ..resolvers.shared import Planner
 from . import closes
 from .auth import AuthError, token_from_params, token_from_request
 from .http_streams import SUBSCRIPTION_PROTOCOLS, HTTPSubscriptions

@@ -55,10 +55,9 @@ from strawberry.subscriptions.protocols.graphql_ws.types import (
     StopMessage,
 )
 
-from resolvers.context import GatewayContext
-from resolvers.shared import SharedPlan, open_shared
-from schema.errors import MASKED_MESSAGE, ErrorCode, GatewayError
-
+from ..resolvers.context import GatewayContext
+from ..resolvers.shared import SharedPlan, open_shared
+from ..schema.errors import MASKED_MESSAGE, ErrorCode, GatewayError
 from . import closes
 from .closes import FINAL_WRITE_TIMEOUT, Close, CloseCode, close_reason
 from .heartbeat import Heartbeat

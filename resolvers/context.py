@@ -7,8 +7,7 @@ from typing import Any
 
 from strawberry.fastapi import BaseContext
 
-from streaming.hub import Hub
-
+from ..streaming.hub import Hub
 from .metrics import DeliveryMetrics
 
 ADMIN_ROLE = "admin"

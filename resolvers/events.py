@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
-from schema.errors import ErrorCode, GatewayError
-from schema.types import Event, OrderEvent
-from streaming import keys
-from streaming.entries import Entry
-from streaming.errors import (
+from ..schema.errors import ErrorCode, GatewayError
+from ..schema.types import Event, OrderEvent
+from ..streaming import keys
+from ..streaming.entries import Entry
+from ..streaming.errors import (
     CursorExpired,
     DurableTakenOver,
     InvalidCursor,
@@ -24,8 +24,7 @@ from streaming.errors import (
     StreamingError,
     Unavailable,
 )
-from streaming.hub import Accept, Cursor, Deliveries, Durable
-
+from ..streaming.hub import Accept, Cursor, Deliveries, Durable
 from .context import GatewayContext, Principal
 from .filters import order_filter, type_filter
 from .metrics import LatencyHistogram

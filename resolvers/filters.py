@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from schema.errors import ErrorCode, GatewayError
-from streaming.entries import Entry
-from streaming.hub import Accept
+from ..schema.errors import ErrorCode, GatewayError
+from ..streaming.entries import Entry
+from ..streaming.hub import Accept
 
 MAX_TYPE_PATTERNS = 50
 ORDER_PREFIX = "order_"

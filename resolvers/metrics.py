@@ -11,7 +11,7 @@ import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
-from streaming.entries import Entry
+from ..streaming.entries import Entry
 
 # Seconds, as Prometheus's `le` bounds; the last count is +Inf.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

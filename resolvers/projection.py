@@ -15,8 +15,7 @@ from typing import Any
 
 from graphql import FieldNode
 
-from streaming.entries import Entry
-
+from ..streaming.entries import Entry
 from .events import order_id, order_status
 
 Getter = Callable[[Entry], Any]

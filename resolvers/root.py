@@ -16,9 +16,8 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext, Info
 from strawberry.types.unset import UNSET
 
-from schema.errors import is_internal
-from schema.types import SCALARS, Event, OrderEvent, Stats
-
+from ..schema.errors import is_internal
+from ..schema.types import SCALARS, Event, OrderEvent, Stats
 from .context import GatewayContext
 from .events import open_events, open_order_events
 from .stats import resolve_stats

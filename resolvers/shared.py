@@ -34,11 +34,10 @@ from graphql import (
 from graphql.execution.values import get_argument_values, get_variable_values
 from graphql.validation import ASTValidationRule
 
-from schema.errors import GatewayError, masked
-from streaming import keys
-from streaming.entries import Entry
-from streaming.hub import Accept
-
+from ..schema.errors import GatewayError, masked
+from ..streaming import keys
+from ..streaming.entries import Entry
+from ..streaming.hub import Accept
 from .context import GatewayContext
 from .events import DeliveryStream, open_entries, to_event, to_order_event
 from .filters import order_filter, type_filter

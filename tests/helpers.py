@@ -20,13 +20,13 @@ import redis.cluster
 import uvicorn
 import websockets
 
-from app import create_app
-from gateway.embedded import free_port
-from gateway.server import DrainingServer
-from gateway.settings import Settings
-from gateway.wsprotocol import websocket_options
-from streaming import keys
-from streaming.connections import AnyRedis, is_cluster_url, open_client, parse_cluster_url
+from ragline.app import create_app
+from ragline.gateway.embedded import free_port
+from ragline.gateway.server import DrainingServer
+from ragline.gateway.settings import Settings
+from ragline.gateway.wsprotocol import websocket_options
+from ragline.streaming import keys
+from ragline.streaming.connections import AnyRedis, is_cluster_url, open_client, parse_cluster_url
 
 SECRET = "test-secret-" + "x" * 64  # long enough for HS512 too
 TRANSPORT_WS = "graphql-transport-ws"
@@ -303,7 +303,7 @@ class GatewayProcess:
 
         import httpx
 
-        code = "from app import main; raise SystemExit(main())"
+        code = "from ragline.app import main; raise SystemExit(main())"
         env = self.env
         if self.fault is not None:
             code = f"import faults; faults.{self.fault}; {code}"

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.logs import make_handler
 from helpers import ISSUED_TOKENS, PROCESS_LOGS
+from ragline.gateway.logs import make_handler
 
-OWN_LOGGERS = frozenset({"app", "gateway", "resolvers", "schema", "streaming"})
+OWN_LOGGERS = frozenset({"ragline"})
 
 
 class OwnRecords(logging.Handler):

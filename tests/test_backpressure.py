@@ -22,7 +22,7 @@ from helpers import (
     publish,
     wait_until,
 )
-from streaming import keys
+from ragline.streaming import keys
 
 pytestmark = pytest.mark.anyio
 EVENTS = 1500

@@ -26,11 +26,11 @@ from helpers import (
     new_tenant,
     wait_until,
 )
-from streaming import keys
-from streaming.bridge import Bridge, BridgeConfig
+from ragline.streaming import keys
+from ragline.streaming.bridge import Bridge, BridgeConfig
 
 pytestmark = pytest.mark.anyio
-RAGLINE = [sys.executable, "-c", "from app import main; raise SystemExit(main())"]
+RAGLINE = [sys.executable, "-c", "from ragline.app import main; raise SystemExit(main())"]
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = keys.SHARED_STREAM_NAMES
 SOURCE_KEYS = [keys.shared_stream_key(name) for name in SOURCES]

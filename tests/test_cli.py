@@ -15,11 +15,11 @@ import httpx
 import pytest
 import websockets
 
-from gateway.embedded import free_port
 from helpers import EVENTS_QUERY, TRANSPORT_WS, ProtocolClient, close_of, connect
+from ragline.gateway.embedded import free_port
 
 pytestmark = pytest.mark.anyio
-RAGLINE = [sys.executable, "-c", "from app import main; raise SystemExit(main())"]
+RAGLINE = [sys.executable, "-c", "from ragline.app import main; raise SystemExit(main())"]
 ROOT = Path(__file__).resolve().parent.parent
 
 

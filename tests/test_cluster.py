@@ -38,10 +38,15 @@ from helpers import (
     sync_redis,
     wait_until,
 )
-from streaming import keys
-from streaming.connections import node_url, open_cluster_reads, open_single, parse_cluster_url
-from streaming.publish import event_fields
-from streaming.readers import NotifiedReader
+from ragline.streaming import keys
+from ragline.streaming.connections import (
+    node_url,
+    open_cluster_reads,
+    open_single,
+    parse_cluster_url,
+)
+from ragline.streaming.publish import event_fields
+from ragline.streaming.readers import NotifiedReader
 
 pytestmark = pytest.mark.anyio
 DURABLE_QUERY = "subscription($durable: String) { events(durable: $durable) { id type } }"
@@ -297,7 +302,7 @@ class Follower:
 async def test_a_primary_killed_while_events_flow_fails_over_and_durable_subscribers_lose_nothing(
     fresh_cluster: LocalCluster, make_gateway: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="streaming")
+    caplog.set_level(logging.INFO, logger="ragline.streaming")
     gateway: GatewayServer = make_gateway(redis_url=fresh_cluster.url)
     primaries = fresh_cluster.primary_ports()
     doomed = primaries[0]
@@ -483,7 +488,7 @@ def _host_id_on(cluster: LocalCluster, port: int) -> str:
 def test_ragline_publish_and_token_accept_a_cluster_url(local_cluster: LocalCluster) -> None:
     tenant = local_cluster.tenant_on(local_cluster.primary_ports()[2])
     env = {"RAGLINE_REDIS_URL": local_cluster.url, "RAGLINE_JWT_SECRET": SECRET, "PATH": ""}
-    command = [sys.executable, "-c", "from app import main; raise SystemExit(main())"]
+    command = [sys.executable, "-c", "from ragline.app import main; raise SystemExit(main())"]
     published = subprocess.run(
         [*command, "publish", "--tenant", tenant, "--type", "order_created", "--payload", json.dumps({"order_id": "o-1"})],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=30, check=True,

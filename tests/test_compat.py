@@ -20,7 +20,6 @@ import pytest
 import redis
 import websockets
 
-from gateway.embedded import free_port
 from helpers import (
     STATS_QUERY,
     GatewayServer,
@@ -31,7 +30,8 @@ from helpers import (
     publish,
     wait_until,
 )
-from streaming import keys
+from ragline.gateway.embedded import free_port
+from ragline.streaming import keys
 
 pytestmark = pytest.mark.anyio
 

@@ -24,7 +24,7 @@ from helpers import (
     make_token,
     wait_until,
 )
-from streaming import keys
+from ragline.streaming import keys
 
 pytestmark = pytest.mark.anyio
 DURABLE_QUERY = "subscription($durable: String) { events(durable: $durable) { id } }"
@@ -35,7 +35,7 @@ INTERVAL = 0.5
 async def test_a_client_that_stops_reading_is_cleaned_up_within_two_ping_intervals(
     make_gateway: object, redis_client: redis.Redis, tenant: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="gateway.ws_handlers")
+    caplog.set_level(logging.INFO, logger="ragline.gateway.ws_handlers")
     # the slow-consumer timeout is long: only the pings can find this client in time
     gateway: GatewayServer = make_gateway(  # type: ignore[operator]
         ping_interval=INTERVAL, ping_timeout=INTERVAL, slow_consumer_timeout=60

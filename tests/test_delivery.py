@@ -20,7 +20,7 @@ from helpers import (
     wait_until,
     xadd_raw,
 )
-from streaming import keys
+from ragline.streaming import keys
 
 pytestmark = pytest.mark.anyio
 RESUME_QUERY = "subscription($after: ID, $durable: String) { events(after: $after, durable: $durable) { id type payload } }"

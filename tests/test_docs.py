@@ -67,7 +67,7 @@ def table_rows(page: Path) -> list[str]:
 def test_the_close_code_tables_list_the_catalogue_with_what_a_client_should_do() -> None:
     """docs/errors.md (/graphql) and docs/migrating.md (/ws) say each close of gateway/closes.py:
     its code, its reason word for word, and whether to retry."""
-    from gateway.closes import CATALOGUE
+    from ragline.gateway.closes import CATALOGUE
 
     for endpoint, endings in CATALOGUE.items():
         rows = table_rows(CLOSE_TABLES[endpoint])

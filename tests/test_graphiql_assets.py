@@ -9,8 +9,8 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 
-from gateway.ide import ASSETS_DIR
 from helpers import GatewayServer
+from ragline.gateway.ide import ASSETS_DIR
 
 pytestmark = pytest.mark.anyio
 ASSET_REFERENCE = re.compile(r'<(?:script|link)\b[^>]*\b(?:src|href)="([^"]+)"')

@@ -20,9 +20,6 @@ import httpx
 import pytest
 import redis
 
-from app import create_app
-from gateway.closes import SLOW_CONSUMER
-from gateway.settings import Settings
 from helpers import (
     EVENTS_QUERY,
     ORDERS_QUERY,
@@ -35,6 +32,9 @@ from helpers import (
     publish,
     wait_until,
 )
+from ragline.app import create_app
+from ragline.gateway.closes import SLOW_CONSUMER
+from ragline.gateway.settings import Settings
 
 pytestmark = pytest.mark.anyio
 SSE = "text/event-stream"

@@ -21,9 +21,6 @@ import pytest
 import redis
 from graphql import parse, validate
 
-from app import create_app
-from gateway.limits import planner_options, schema_extensions
-from gateway.settings import Settings
 from helpers import (
     EVENTS_QUERY,
     LEGACY_WS,
@@ -37,8 +34,11 @@ from helpers import (
     publish,
     wait_until,
 )
-from resolvers.root import build_schema
-from resolvers.shared import Planner
+from ragline.app import create_app
+from ragline.gateway.limits import planner_options, schema_extensions
+from ragline.gateway.settings import Settings
+from ragline.resolvers.root import build_schema
+from ragline.resolvers.shared import Planner
 
 pytestmark = pytest.mark.anyio
 ONE_MB = 1 << 20
@@ -346,7 +346,7 @@ def test_the_document_limits_reach_the_app(base_settings: Settings) -> None:
 
 def test_limits_are_quick_to_check() -> None:
     """The token bucket costs well under a microsecond per message."""
-    from gateway.limits import TokenBucket
+    from ragline.gateway.limits import TokenBucket
 
     bucket = TokenBucket(1e9, 10**9)
     started = time.perf_counter()

@@ -17,7 +17,6 @@ import redis
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.metrics import REDIS
 from helpers import (
     EVENTS_QUERY,
     SECRET,
@@ -32,9 +31,10 @@ from helpers import (
     publish,
     wait_until,
 )
-from resolvers.metrics import LatencyHistogram
-from streaming import keys
-from streaming.entries import Entry
+from ragline.gateway.metrics import REDIS
+from ragline.resolvers.metrics import LatencyHistogram
+from ragline.streaming import keys
+from ragline.streaming.entries import Entry
 
 pytestmark = pytest.mark.anyio
 DURABLE_ORDERS = "subscription($d: String) { orderEvents(durable: $d) { id orderId } }"
@@ -182,7 +182,7 @@ async def test_json_logs_carry_the_connection_tenant_and_operation_ids(
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(marker)
 
-    monkeypatch.setattr("resolvers.shared.open_entries", broken)
+    monkeypatch.setattr("ragline.resolvers.shared.open_entries", broken)
     token = make_token(tenant)
     async with connect(gateway.ws_url, token=token) as client:
         await client.subscribe("op-7", EVENTS_QUERY)

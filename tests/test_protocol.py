@@ -13,7 +13,6 @@ import pytest
 import redis
 import websockets
 
-from gateway.settings import Settings
 from helpers import (
     EVENTS_QUERY,
     LEGACY_WS,
@@ -26,7 +25,8 @@ from helpers import (
     publish,
     wait_until,
 )
-from streaming import keys
+from ragline.gateway.settings import Settings
+from ragline.streaming import keys
 
 pytestmark = pytest.mark.anyio
 # A fragment at the root keeps a subscription off the shared fast path: Strawberry runs it.

@@ -14,8 +14,6 @@ import pytest
 import redis
 import websockets
 
-from gateway.embedded import RedisServer
-from gateway.metrics import REDIS
 from helpers import (
     SECRET,
     GatewayProcess,
@@ -29,8 +27,10 @@ from helpers import (
     publish,
     wait_until,
 )
-from streaming import keys
-from streaming.janitor import Janitor, JanitorConfig
+from ragline.gateway.embedded import RedisServer
+from ragline.gateway.metrics import REDIS
+from ragline.streaming import keys
+from ragline.streaming.janitor import Janitor, JanitorConfig
 
 pytestmark = pytest.mark.anyio
 DURABLE_QUERY = "subscription($durable: String) { events(durable: $durable) { id type } }"
@@ -159,7 +159,7 @@ def restartable_redis(tmp_path: Path) -> Iterator[RedisServer]:
 async def test_a_redis_restart_loses_nothing_and_is_logged_once(
     restartable_redis: RedisServer, make_gateway: object, tenant: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="streaming.hub")
+    caplog.set_level(logging.INFO, logger="ragline.streaming.hub")
     gateway: GatewayServer = make_gateway(redis_url=restartable_redis.url)  # type: ignore[operator]
     producer = redis.Redis.from_url(restartable_redis.url)
     token = make_token(tenant)

@@ -10,7 +10,7 @@ import pytest
 import redis
 import redis.cluster
 
-import streaming.hub
+import ragline.streaming.hub
 from helpers import (
     EVENTS_QUERY,
     GatewayServer,
@@ -43,7 +43,7 @@ def gateway_connections(client: redis.Redis, process_id: str) -> tuple[list[int]
 async def test_200_subscriptions_use_no_more_than_10_redis_connections_and_every_cursor_moves(
     make_gateway: object, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(streaming.hub, "FLUSH_CHUNK", 7)  # the cursor flush goes in many pipelines
+    monkeypatch.setattr(ragline.streaming.hub, "FLUSH_CHUNK", 7)  # the cursor flush goes in many pipelines
     gateway: GatewayServer = make_gateway()  # type: ignore[operator]
     tenants = [new_tenant() for _ in range(TENANTS)]
     async with AsyncExitStack() as stack:

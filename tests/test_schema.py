@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from graphql import parse, validate
 
-from resolvers.root import SCHEMA
+from ragline.resolvers.root import SCHEMA
 
 GRAPHQL_DIR = Path(__file__).resolve().parent.parent / "graphql"
 

@@ -24,7 +24,6 @@ import websockets
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway.settings import SettingsError, load_settings
 from helpers import (
     EVENTS_QUERY,
     LEGACY_WS,
@@ -41,6 +40,7 @@ from helpers import (
     unsigned_token,
     wait_until,
 )
+from ragline.gateway.settings import SettingsError, load_settings
 
 pytestmark = pytest.mark.anyio
 AUDIENCE = "ragline"
@@ -360,7 +360,7 @@ def test_unsafe_settings_are_refused_at_start_up(environ: dict[str, str], messag
 
 
 def test_a_public_key_file_that_is_not_a_pem_public_key_is_refused_at_start_up(base_settings: Any, tmp_path: Path) -> None:
-    from app import create_app
+    from ragline.app import create_app
 
     bad = tmp_path / "key.pem"
     bad.write_text("not a key")
@@ -387,8 +387,8 @@ async def test_an_internal_error_reaches_the_client_masked(
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(SECRET_DETAIL)
 
-    monkeypatch.setattr("resolvers.events.open_entries", broken)
-    monkeypatch.setattr("resolvers.shared.open_entries", broken)
+    monkeypatch.setattr("ragline.resolvers.events.open_entries", broken)
+    monkeypatch.setattr("ragline.resolvers.shared.open_entries", broken)
     async with connect(gateway.ws_url, protocol, token=make_token(tenant)) as client:
         await client.subscribe("1", query)
         message = await client.recv()
@@ -412,7 +412,7 @@ async def test_an_internal_error_in_a_query_is_masked_and_coded_errors_keep_thei
     async def broken(*args: Any) -> Any:
         raise RuntimeError(SECRET_DETAIL)
 
-    monkeypatch.setattr("resolvers.root.resolve_stats", broken)
+    monkeypatch.setattr("ragline.resolvers.root.resolve_stats", broken)
     async with httpx.AsyncClient() as http:
         response = await http.post(gateway.http_url, json={"query": STATS_QUERY}, headers={"Authorization": f"Bearer {make_token(tenant)}"})
     assert response.json()["errors"][0]["message"] == "Unexpected error."

@@ -24,7 +24,7 @@ from helpers import (
     publish,
     wait_until,
 )
-from streaming import keys
+from ragline.streaming import keys
 
 pytestmark = pytest.mark.anyio
 CLIENTS = 8
