@@ -240,7 +240,8 @@ async def stopped(task: asyncio.Task[None]) -> None:
     10 s, where it is stuck is printed and the test fails rather than hangs."""
     done, _ = await asyncio.wait([task], timeout=10)
     if not done:
-        task.print_stack()
+        for stuck in asyncio.all_tasks():
+            stuck.print_stack()
         raise AssertionError("the bridge did not end when cancelled")
     assert task.cancelled(), task
 
