@@ -138,7 +138,10 @@ class Bridge:
 
     async def _follow(self, streams: list[str]) -> None:
         next_claim = 0.0
+        task = asyncio.current_task()
         while True:
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError  # a cancel the Redis client swallowed mid-command
             if time.monotonic() >= next_claim:
                 for stream in streams:
                     await self.claim_idle(stream)
