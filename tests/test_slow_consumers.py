@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 import websockets
+from test_backpressure import EVENTS, PAYLOAD, SLOW_CONSUMER_CLOSES, SLOW_CONSUMER_ERROR
 
 from helpers import (
     EVENTS_QUERY,
@@ -33,11 +34,7 @@ from helpers import (
 from ragline.streaming import keys
 
 pytestmark = pytest.mark.anyio
-EVENTS = 1500
-PAYLOAD = {"blob": "x" * 16000}
-SLOW_CONSUMER_CLOSES = "ragline_slow_consumer_closes_total"
-SLOW_CONSUMER_REASON = "Slow consumer: the client did not read its events in time; resubscribe with 'after'"
-SLOW_CONSUMER_ERROR = {"message": SLOW_CONSUMER_REASON, "extensions": {"code": "SLOW_CONSUMER"}}
+SLOW_CONSUMER_REASON = SLOW_CONSUMER_ERROR["message"]
 # On graphql-transport-ws, QUERY takes the shared fast path and STRAWBERRY_QUERY, whose
 # inline fragment the planner declines, Strawberry's; legacy graphql-ws always takes Strawberry's.
 QUERY = "subscription($d: String) { events(durable: $d) { id payload } }"
