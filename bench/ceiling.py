@@ -9,7 +9,7 @@ process (no consumer groups, no acknowledgements, no GraphQL), encodes each
 entry's `next` frame once, and one writer task per process hands each read's
 frames to every subscriber's raw ASGI `send` in turn (one socket's in a row,
 as the gateway writes them), the callable the gateway's fast path writes
-through (`gateway.ws_handlers.asgi_send`), while the next XREAD is in flight.
+through (`gateway.sockets.GraphQLSocket.send_payloads`), while the next XREAD is in flight.
 There is no task and no queue per subscriber: a write completes at once unless the socket's transport is paused
 (its buffer is full: the client reads slower than it is sent to), and only
 then does that subscriber get a task that finishes the write and the frames

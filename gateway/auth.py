@@ -1,9 +1,9 @@
-"""JWT verification and where a token may come from."""
+"""JWT verification, where a token may come from, and which pages may open a socket."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -12,6 +12,11 @@ from typing import Any
 import jwt
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from strawberry.http.websocket_origin import (
+    is_same_origin,
+    normalize_allowed_origins,
+    normalize_origin,
+)
 
 from ..resolvers.context import Principal
 from ..streaming.keys import is_valid_id
@@ -186,3 +191,15 @@ def bearer(header: str | None) -> str | None:
 def token_from_request(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
     """The `Authorization: Bearer` header, else the `token` query parameter."""
     return bearer(headers.get("authorization")) or (query.get("token") or None)
+
+
+def origin_allowed(headers: Mapping[str, str], allowed: Sequence[str]) -> bool:
+    """Whether a WebSocket handshake may go on (every endpoint): clients without `Origin`
+    (not browsers), same-origin pages, and the origins in RAGLINE_ALLOWED_ORIGINS."""
+    origin = headers.get("origin")
+    if origin is None or headers.get("sec-fetch-site") == "same-origin":
+        return True
+    if is_same_origin(origin, headers.get("host")):
+        return True
+    permitted = normalize_allowed_origins(allowed)
+    return "*" in permitted or normalize_origin(origin) in permitted

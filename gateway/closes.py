@@ -18,6 +18,7 @@ FINAL_WRITE_TIMEOUT = 1.0   # seconds for the last words to a client that may ha
 class CloseCode(IntEnum):
     """The WebSocket close codes the gateway sends."""
 
+    NORMAL = 1000
     GOING_AWAY = 1001
     POLICY_VIOLATION = 1008     # /ws: missing, invalid or expired token
     INTERNAL_ERROR = 1011
@@ -62,6 +63,14 @@ SLOW = "Slow consumer: the client did not read its events in time; "
 SLOW_CONSUMER = Close(CloseCode.TRY_AGAIN_LATER, SLOW + "resubscribe with 'after'", Retry.RESUME)
 NOT_TEXT = Close(CloseCode.BAD_REQUEST, "WebSocket message type must be text", Retry.NEVER)
 NOT_JSON = Close(CloseCode.BAD_REQUEST, "WebSocket message must be valid JSON", Retry.NEVER)
+NO_SUBPROTOCOL = Close(CloseCode.SUBPROTOCOL_NOT_ACCEPTABLE, "Subprotocol not acceptable", Retry.NEVER)
+TERMINATED = Close(CloseCode.NORMAL, "", Retry.NEVER)  # legacy graphql-ws: the client's `connection_terminate`
+
+
+def duplicate_operation(operation_id: str) -> Close:
+    """`subscribe` with the id of an active operation (graphql-transport-ws)."""
+    return Close(CloseCode.CONFLICT, f"Subscriber for {operation_id} already exists", Retry.NEVER)
+
 
 # -- /ws and /ws/orders (a graceful shutdown is SHUTDOWN there too) ----------------------
 WS_TOKEN_EXPIRED = Close(CloseCode.POLICY_VIOLATION, "Token expired", Retry.NEW_TOKEN)
@@ -82,6 +91,6 @@ def close_reason(text: str) -> str:
 
 CATALOGUE: dict[str, tuple[Close, ...]] = {
     "/graphql": (SHUTDOWN, TOKEN_EXPIRED, FORBIDDEN, UNAUTHORIZED, INIT_TIMEOUT, PING_TIMEOUT,
-                 TOO_MANY_INITS, SLOW_CONSUMER, NOT_TEXT, NOT_JSON),
+                 TOO_MANY_INITS, SLOW_CONSUMER, NOT_TEXT, NOT_JSON, NO_SUBPROTOCOL),
     "/ws": (SHUTDOWN, WS_TOKEN_EXPIRED, WS_STREAM_ENDED, WS_SLOW_CONSUMER),
 }

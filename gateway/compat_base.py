@@ -1,16 +1,16 @@
 """What the seed-compat adapters (`compat_ws`, `compat_sse`) share.
 
 Authentication, error mapping, stats, and the jobs every old-protocol
-connection runs: the delivery pump, the heartbeat and the token-expiry timer,
-raced so that a connection ends as a whole.
+connection runs (the delivery pump, the heartbeat), raced so that a connection
+ends as a whole. What a connection is (limits, expiry, drain, write deadline)
+is `gateway.connection`'s, as on every transport.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from contextlib import aclosing, asynccontextmanager, contextmanager
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import aclosing
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +24,7 @@ from ..resolvers.metrics import DeliveryMetrics
 from ..resolvers.stats import resolve_stats
 from ..schema.errors import ErrorCode
 from ..streaming.entries import Entry
-from ..streaming.errors import SlowConsumer, StreamingError
+from ..streaming.errors import StreamingError
 from ..streaming.hub import Accept, Hub
 from ..streaming.subscriber import Subscriber
 from . import closes
@@ -91,40 +91,34 @@ async def stats_json(hub: Hub, principal: Principal) -> Message:
     return asdict(await resolve_stats(GatewayContext(hub=hub, principal=principal)))
 
 
-@contextmanager
-def counted_connection(hub: Hub, tenant_id: str) -> Iterator[None]:
-    """Count an open authenticated connection in `stats`, as `/graphql` sockets are."""
-    counters = hub.counters.tenant(tenant_id)
-    counters.connections += 1
-    try:
-        yield
-    finally:
-        counters.connections -= 1
+class ServerEnding:
+    """What the lifecycle calls on a compat adapter (`gateway.connection.Adapter`): the
+    token's expiry and the drain end the connection's race (`ended_by_server` returns the
+    catalogue entry to end with); `drain` returns once the connection `finished`, so its
+    subscription was released and SIGTERM loses nothing."""
 
-
-class Drain:
-    """A compat connection's part in the graceful shutdown (`Runtime.drain`).
-
-    `drain()` asks the connection to end and returns once it has, that is once
-    its subscription's group was released, so SIGTERM loses nothing."""
+    token_expired: closes.Close  # the endpoint's words for an expired token
 
     def __init__(self) -> None:
-        self.requested = asyncio.Event()
+        self._ending: asyncio.Future[closes.Close] = asyncio.get_running_loop().create_future()
         self._finished = asyncio.Event()
 
+    async def expire(self) -> None:
+        self._end(self.token_expired)
+
     async def drain(self) -> None:
-        self.requested.set()
+        self._end(closes.SHUTDOWN)
         await self._finished.wait()
 
-    @contextmanager
-    def registered(self, runtime: Runtime) -> Iterator[None]:
-        """Be drained while the block runs; the subscription must close inside it."""
-        runtime.connections.add(self)
-        try:
-            yield
-        finally:
-            runtime.connections.discard(self)
-            self._finished.set()
+    async def ended_by_server(self) -> closes.Close:
+        return await asyncio.shield(self._ending)
+
+    def finished(self) -> None:
+        self._finished.set()
+
+    def _end(self, why: closes.Close) -> None:
+        if not self._ending.done():
+            self._ending.set_result(why)
 
 
 async def pump(
@@ -143,22 +137,8 @@ async def pump(
             async for entry in entries:
                 await write(entry)
                 metrics.latency.observe(entry)
-    except SlowConsumer:
-        metrics.slow_consumers += 1
-        raise
     finally:
         metrics.closed(COMPAT_KIND, False)
-
-
-@asynccontextmanager
-async def bounded_write(lock: asyncio.Lock, timeout: float) -> AsyncIterator[None]:
-    """One write at a time, each within RAGLINE_SLOW_CONSUMER_TIMEOUT (waiting for the lock included):
-    a client that stopped reading ends with SlowConsumer, as on `/graphql`."""
-    try:
-        async with asyncio.timeout(timeout), lock:
-            yield
-    except TimeoutError:
-        raise SlowConsumer(closes.WS_SLOW_CONSUMER.reason) from None
 
 
 async def beat(interval: float, write: Callable[[], Awaitable[None]]) -> None:
@@ -166,12 +146,6 @@ async def beat(interval: float, write: Callable[[], Awaitable[None]]) -> None:
     while True:
         await asyncio.sleep(interval)
         await write()
-
-
-async def until_expiry(principal: Principal) -> None:
-    """Return when the token's `exp` passes (every verified token has one)."""
-    if principal.expires_at is not None:
-        await asyncio.sleep(max(0.0, principal.expires_at - time.time()))
 
 
 async def race(*jobs: Coroutine[Any, Any, object]) -> None:

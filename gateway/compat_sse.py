@@ -5,14 +5,15 @@ Each event is written as `id: <stream entry id>`, `event: <type>` and
 `Last-Event-ID` and resumes exactly after it. Heartbeat comments keep proxies
 from closing idle streams. Like a `/ws` connection, a stream runs its jobs
 together until the first ends: the delivery pump, the heartbeat, a watcher
-for the client's disconnect and the token-expiry timer.
+for the client's disconnect, and the server's end (token expired, drain). The
+stream is the adapter of a `gateway.connection.Connection`: over a connection
+limit, the request gets 429 before any stream starts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import suppress
 from dataclasses import dataclass
 
 import orjson
@@ -28,12 +29,9 @@ from ..streaming.errors import StreamingError
 from ..streaming.hub import Accept, Cursor
 from ..streaming.subscriber import Subscriber
 from . import closes
-from .closes import FINAL_WRITE_TIMEOUT
 from .compat_base import (
-    Drain,
     Message,
-    bounded_write,
-    counted_connection,
+    ServerEnding,
     describe,
     heartbeat_jobs,
     hub_of,
@@ -41,8 +39,9 @@ from .compat_base import (
     now,
     pump,
     race,
-    until_expiry,
 )
+from .connection import Connection
+from .limits import ConnectionRefused
 from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -75,15 +74,19 @@ SSE_ORDERS = SseChannel(keys.ORDERS_KIND, is_order_event, "orders")
 SSE_NOTIFICATIONS = SseChannel(keys.EVENTS_KIND, type_filter(NOTIFICATION_TYPES), "notifications")
 
 
-class EventStream(Response):
-    """A `text/event-stream` response that owns its subscription while it runs.
+class EventStream(ServerEnding, Response):
+    """A `text/event-stream` response that owns its subscription while it runs, the
+    adapter of its `Connection`.
 
-    The subscription opens before the status line is sent, so a bad or expired
-    `Last-Event-ID` gets a plain 400 or 409 (503 without Redis), not a stream."""
+    The connection and the subscription open before the status line is sent, so a
+    connection over a limit gets 429, a bad or expired `Last-Event-ID` a plain 400 or 409
+    (503 without Redis), not a stream."""
 
     media_type = "text/event-stream"
+    token_expired = closes.TOKEN_EXPIRED
 
     def __init__(self, runtime: Runtime, principal: Principal, channel: SseChannel, after: str | None) -> None:
+        ServerEnding.__init__(self)
         self.status_code = 200
         self.background = None
         self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no"})
@@ -92,28 +95,37 @@ class EventStream(Response):
         self.principal = principal
         self.channel = channel
         self.after = after
-        self.drain = Drain()
+        self.connection = Connection(runtime, self, closes.WS_SLOW_CONSUMER)
         self._lock = asyncio.Lock()
         self._started = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         tenant_id = self.principal.tenant_id
-        with self.drain.registered(self.runtime), counted_connection(self.hub, tenant_id):
-            try:
-                async with self.hub.subscribe(tenant_id, self.channel.kind, Cursor(after=self.after)) as subscription:
-                    logger.info("%s stream of tenant %s opened", scope["path"], tenant_id)
-                    await self._stream(subscription, receive, send)
-                    logger.info("%s stream of tenant %s ended", scope["path"], tenant_id)
-            except StreamingError as error:  # from the hub, or a write the client did not take in time
-                if not self._started:
-                    await _refusal(error)(scope, receive, send)
-                    return
-                code, message = describe(error)
-                logger.info("stream of tenant %s ended: %s", tenant_id, message)
-                await self._last_words(send, named_frame(ERROR_EVENT, {"code": code.value, "message": message}))
-            await self._last_words(send, b"", more_body=False)
-        if self.background is not None:
-            await self.background()
+        try:
+            self.connection.open(self.principal)
+        except ConnectionRefused as refused:
+            self.connection.close()
+            self.runtime.metrics.refused(refused.limit)
+            logger.info("%s refused: %s", scope["path"], refused.reason)
+            body = {"detail": refused.reason, "code": ErrorCode.TOO_MANY_CONNECTIONS.value}
+            await JSONResponse(body, status_code=429)(scope, receive, send)
+            return
+        try:
+            async with self.hub.subscribe(tenant_id, self.channel.kind, Cursor(after=self.after)) as subscription:
+                logger.info("%s stream of tenant %s opened", scope["path"], tenant_id)
+                await self._stream(subscription, receive, send)
+                logger.info("%s stream of tenant %s ended", scope["path"], tenant_id)
+        except StreamingError as error:  # from the hub, or a write the client did not take in time
+            if not self._started:
+                await _refusal(error)(scope, receive, send)
+                return
+            code, message = describe(error)
+            logger.info("stream of tenant %s ended: %s", tenant_id, message)
+            await self._last_words(send, named_frame(ERROR_EVENT, {"code": code.value, "message": message}))
+        finally:
+            self.connection.close()
+            self.finished()
+        await self._last_words(send, b"", more_body=False)
 
     async def _stream(self, subscription: Subscriber, receive: Receive, send: Send) -> None:
         """Send the status line and the greeting, then run the stream's jobs until the first ends."""
@@ -126,27 +138,30 @@ class EventStream(Response):
                 self.runtime.metrics.delivery,
             ),
             _disconnected(receive),
-            self._expire(send),
-            self.drain.requested.wait(),  # shutting down: EventSource reconnects elsewhere
+            self._ended_by_server(send),
             *heartbeat_jobs(self.runtime.settings.sse_heartbeat, lambda: self._write(send, HEARTBEAT_FRAME)),
         )
 
     async def _write(self, send: Send, frame: bytes) -> None:
         """Write one frame; SlowConsumer when the client does not take it in time."""
-        async with bounded_write(self._lock, self.runtime.settings.slow_consumer_timeout):
+        async with self.connection.deadline(), self._lock:
             await send({"type": "http.response.body", "body": frame, "more_body": True})
 
     async def _last_words(self, send: Send, frame: bytes, *, more_body: bool = True) -> None:
-        """A final write that gives up after FINAL_WRITE_TIMEOUT: the client may have stopped reading."""
-        with suppress(TimeoutError, OSError):
-            async with asyncio.timeout(FINAL_WRITE_TIMEOUT), self._lock:
+        """A final write, given up if the client does not take it (it may have stopped reading)."""
+
+        async def write() -> None:
+            async with self._lock:
                 await send({"type": "http.response.body", "body": frame, "more_body": more_body})
 
-    async def _expire(self, send: Send) -> None:
-        """End the stream when the token expires; the client reconnects with a fresh one."""
-        await until_expiry(self.principal)
-        error = {"code": ErrorCode.UNAUTHENTICATED.value, "message": closes.TOKEN_EXPIRED.reason}
-        await self._last_words(send, named_frame(ERROR_EVENT, error))
+        await self.connection.last_words(write(), (OSError,))
+
+    async def _ended_by_server(self, send: Send) -> None:
+        """An expired token gets an `UNAUTHENTICATED` error event (the client reconnects with a
+        fresh one); a drain ends the stream without a word (EventSource reconnects elsewhere)."""
+        if await self.ended_by_server() is self.token_expired:
+            error = {"code": ErrorCode.UNAUTHENTICATED.value, "message": closes.TOKEN_EXPIRED.reason}
+            await self._last_words(send, named_frame(ERROR_EVENT, error))
 
     def _connected(self) -> Message:
         data: Message = {"stream": self.channel.stream} if self.channel.stream is not None else {}

@@ -2,9 +2,11 @@
 
 A connection runs its jobs together until the first ends: the delivery pump
 writes `event` / `order_event` messages, the receiver answers every client
-message with exactly one reply, the heartbeat ticks, and a timer closes the
-socket when the token expires. One lock serialises the writes, so frames
-never interleave and an entry counts as written only once its frame was sent.
+message with exactly one reply, the heartbeat ticks, and the server may end it
+(token expired, drain). One lock serialises the writes, so frames never
+interleave and an entry counts as written only once its frame was sent. The
+session is the adapter of a `gateway.connection.Connection`: over a connection
+limit the socket closes 4429 with the limit's reason.
 """
 
 from __future__ import annotations
@@ -12,18 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from enum import StrEnum
 
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
-from strawberry.http.websocket_origin import (
-    is_same_origin,
-    normalize_allowed_origins,
-    normalize_origin,
-)
 
 from ..resolvers.context import Principal
 from ..resolvers.filters import type_filter
@@ -33,15 +30,13 @@ from ..streaming.entries import Entry
 from ..streaming.errors import StreamingError
 from ..streaming.hub import Accept, Cursor
 from . import closes
-from .auth import AuthError
-from .closes import FINAL_WRITE_TIMEOUT, CloseCode, close_reason
+from .auth import AuthError, origin_allowed
+from .closes import Close, CloseCode, close_reason
 from .compat_base import (
-    Drain,
     Message,
     MissingToken,
+    ServerEnding,
     authenticate,
-    bounded_write,
-    counted_connection,
     describe,
     heartbeat_jobs,
     hub_of,
@@ -52,8 +47,9 @@ from .compat_base import (
     race,
     runtime_of,
     stats_json,
-    until_expiry,
 )
+from .connection import Connection
+from .limits import ConnectionRefused
 from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -134,11 +130,21 @@ async def serve_socket(websocket: WebSocket, channel: WsChannel, heartbeat: floa
     if principal is None:
         return
     session = SocketSession(websocket, runtime, principal, channel, heartbeat)
+    try:
+        session.connection.open(principal)
+    except ConnectionRefused as refused:
+        session.connection.close()
+        runtime.metrics.refused(refused.limit)
+        logger.info("%s refused: %s", websocket.url.path, refused.reason)
+        await session.close(Close(refused.code, refused.reason, closes.Retry.LATER))
+        return
     logger.info("%s client %s of tenant %s connected", websocket.url.path, session.client_id, principal.tenant_id)
-    with session.drain.registered(runtime), counted_connection(session.hub, principal.tenant_id), suppress(
-        WebSocketDisconnect
-    ):
-        await session.run(last_event_id(websocket))
+    try:
+        with suppress(WebSocketDisconnect):
+            await session.run(last_event_id(websocket))
+    finally:
+        session.connection.close()
+        session.finished()
     logger.info("%s client %s disconnected", websocket.url.path, session.client_id)
 
 
@@ -153,34 +159,24 @@ async def _authenticated(websocket: WebSocket, runtime: Runtime) -> Principal | 
         return None
 
 
-def origin_allowed(headers: Mapping[str, str], allowed: Sequence[str]) -> bool:
-    """The rule `/graphql` applies: clients without `Origin` (not browsers), same-origin
-    pages, and the origins in RAGLINE_ALLOWED_ORIGINS."""
-    origin = headers.get("origin")
-    if origin is None or headers.get("sec-fetch-site") == "same-origin":
-        return True
-    if is_same_origin(origin, headers.get("host")):
-        return True
-    permitted = normalize_allowed_origins(allowed)
-    return "*" in permitted or normalize_origin(origin) in permitted
+class SocketSession(ServerEnding):
+    """One authenticated `/ws` or `/ws/orders` connection, the adapter of its `Connection`."""
 
-
-class SocketSession:
-    """One authenticated `/ws` or `/ws/orders` connection."""
+    token_expired = closes.WS_TOKEN_EXPIRED
 
     def __init__(
         self, websocket: WebSocket, runtime: Runtime, principal: Principal, channel: WsChannel, heartbeat: float
     ) -> None:
+        super().__init__()
         self.websocket = websocket
+        self.connection = Connection(runtime, self, closes.WS_SLOW_CONSUMER)
         self.hub = hub_of(runtime)
         self.metrics = runtime.metrics.delivery
-        self.write_timeout = runtime.settings.slow_consumer_timeout
         self.principal = principal
         self.channel = channel
         self.heartbeat = heartbeat
         self.client_id = str(uuid.uuid4())
         self.selection = TypeSelection(channel.allowed, channel.initial)
-        self.drain = Drain()
         self._lock = asyncio.Lock()
         self._closed = False
         self._handlers: dict[str, Callable[[Message], Awaitable[Message]]] = {
@@ -196,7 +192,7 @@ class SocketSession:
             await self._serve(after)
         except StreamingError as error:  # from the hub, or a write the client did not take in time
             await self._fail(error)
-        await self.close(closes.WS_STREAM_ENDED.code, closes.WS_STREAM_ENDED.reason)  # unless closed already
+        await self.close(closes.WS_STREAM_ENDED)  # unless closed already
 
     async def _serve(self, after: str | None) -> None:
         cursor = Cursor(after=after)
@@ -205,28 +201,29 @@ class SocketSession:
             await race(
                 pump(self.hub, subscription, self.selection.accept, self._write_event, self.metrics),
                 self._receive(),
-                self._expire(),
-                self._shut_down(),
+                self._ended_by_server(),
                 *heartbeat_jobs(self.heartbeat, self._heartbeat),
             )
 
     async def send(self, message: Message) -> None:
         """Write one JSON text frame: SlowConsumer when the client does not take it in
         time, WebSocketDisconnect once the socket is closed."""
-        async with bounded_write(self._lock, self.write_timeout):
+        async with self.connection.deadline(), self._lock:
             if self._closed:
                 raise WebSocketDisconnect(CloseCode.GOING_AWAY)
             await self.websocket.send_text(orjson.dumps(message).decode())
 
-    async def close(self, code: CloseCode, reason: str) -> None:
+    async def close(self, ending: Close) -> None:
         """Close once, unless the client already went away; a client that stopped
-        reading gets FINAL_WRITE_TIMEOUT, then its connection is dropped."""
-        with suppress(TimeoutError, WebSocketDisconnect):
-            async with asyncio.timeout(FINAL_WRITE_TIMEOUT), self._lock:
-                if self._closed or not self._open():
-                    return
-                self._closed = True
-                await self.websocket.close(code, close_reason(reason))
+        reading is given up without the close frame (`Connection.last_words`)."""
+        await self.connection.last_words(self._close(ending), (WebSocketDisconnect,))
+
+    async def _close(self, ending: Close) -> None:
+        async with self._lock:
+            if self._closed or not self._open():
+                return
+            self._closed = True
+            await self.websocket.close(ending.code, close_reason(ending.reason))
 
     def _open(self) -> bool:
         """Both sides are: the client's, and ours (a failed write leaves ours disconnected)."""
@@ -254,14 +251,8 @@ class SocketSession:
                 return
             await self.send(await self.reply(message.get("text")))
 
-    async def _expire(self) -> None:
-        await until_expiry(self.principal)
-        logger.info("closing client %s of tenant %s: token expired", self.client_id, self.principal.tenant_id)
-        await self.close(closes.WS_TOKEN_EXPIRED.code, closes.WS_TOKEN_EXPIRED.reason)
-
-    async def _shut_down(self) -> None:
-        await self.drain.requested.wait()
-        await self.close(closes.SHUTDOWN.code, closes.SHUTDOWN.reason)
+    async def _ended_by_server(self) -> None:
+        await self.close(await self.ended_by_server())
 
     async def _heartbeat(self) -> None:
         await self.send(self._labelled({"type": ServerMessage.HEARTBEAT, "timestamp": now()}))
@@ -279,10 +270,9 @@ class SocketSession:
         """Tell the client why its stream ended, then close with the matching code."""
         code, message = describe(error)
         logger.info("client %s of tenant %s: %s", self.client_id, self.principal.tenant_id, message)
-        with suppress(TimeoutError, StreamingError, WebSocketDisconnect):
-            async with asyncio.timeout(FINAL_WRITE_TIMEOUT):
-                await self.send(error_message(code, message))
-        await self.close(_CLOSE_CODES.get(code, CloseCode.INTERNAL_ERROR), message)
+        with suppress(StreamingError):
+            await self.connection.last_words(self.send(error_message(code, message)), (WebSocketDisconnect,))
+        await self.close(Close(_CLOSE_CODES.get(code, CloseCode.INTERNAL_ERROR), message, closes.Retry.RECONNECT))
 
     # -- replies --------------------------------------------------------------
 

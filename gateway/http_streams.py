@@ -2,8 +2,10 @@
 
 Strawberry parses these requests and runs the same resolvers as over a
 WebSocket; the router authenticates them like any HTTP request (401 without a
-valid token). What this module changes is how results become response
-frames. Strawberry merges results and heartbeats through a queue and reads the
+valid token). Each stream is the adapter of a `gateway.connection.Connection`
+(limits, expiry, stats, drain, write deadline), opened before the status line:
+over a connection limit, the request gets 429. What this module changes is how
+results become response frames. Strawberry merges results and heartbeats through a queue and reads the
 next result while the previous frame still waits to be written, which would
 acknowledge entries before they reached the socket. Here, as on a WebSocket, a
 result is asked for only after the previous frame was written (the response's
@@ -15,7 +17,7 @@ result is asked for only after the previous frame was written (the response's
   `complete`, when the token's `exp` passes (a WebSocket closes with 4403);
 - a graceful shutdown completes it like a WebSocket operation (cursor
   flushed, ephemeral group removed, `complete` sent);
-- it counts as a connection in `stats` while it is open.
+- it counts as a connection in `stats` and against the connection limits while it is open.
 
 Two interoperability fixes as well: SSE lines end in LF rather than CRLF
 (both are valid SSE, but urql's parser only splits on LF), and a streaming
@@ -29,18 +31,16 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing, suppress
 from typing import Any, ClassVar
 
 import anyio
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Send
-from strawberry.http import GraphQLHTTPResponse
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.http.streaming import (
-    AsyncTextStream,
     HTTPStreamTransport,
     MultipartSubscriptionTransport,
     SSETransport,
@@ -54,8 +54,10 @@ from strawberry.subscriptions import (
 
 from ..resolvers.context import GatewayContext, Principal
 from ..schema.errors import ErrorCode
+from ..streaming.errors import SlowConsumer
 from . import closes
-from .closes import FINAL_WRITE_TIMEOUT
+from .connection import Connection
+from .limits import ConnectionRefused
 from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -94,62 +96,100 @@ class LineFeedSSETransport(SSETransport):
         return f": {comment}\n\n"
 
 
+# The HTTP transports, by the subscription protocol that enables each; the gateway writes
+# with these instances, by their own `protocol` (Strawberry makes instances of its own).
+TRANSPORT_CLASSES: dict[str, type[HTTPStreamTransport]] = {
+    MULTIPART_SUBSCRIPTION_PROTOCOL: MultipartSubscriptionTransport,
+    GRAPHQL_SSE_PROTOCOL: LineFeedSSETransport,
+}
+STREAM_TRANSPORTS: dict[str, HTTPStreamTransport] = {
+    transport.protocol: transport for transport in (make() for make in TRANSPORT_CLASSES.values())
+}
+
+
+def json_first(headers: Mapping[str, str]) -> bool:
+    """Whether `Accept` lists a JSON media type before any streaming one."""
+    accept = next((value for key, value in headers.items() if key.lower() == "accept"), "")
+    for media_range in accept.split(","):
+        if media_range.split(";", 1)[0].strip().lower() in JSON_MEDIA_TYPES:
+            return True
+        if any(transport.accepts(media_range) for transport in STREAM_TRANSPORTS.values()):
+            return False
+    return False
+
+
 class HTTPSubscriptions:
-    """Router mixin: SSE and multipart responses with the WebSocket semantics."""
+    """Router mixin: SSE and multipart responses with the WebSocket semantics, through
+    the view's public methods: the request's protocol (`parse_http_body`), the result
+    (`execute_operation`) and the response (`create_streaming_response`)."""
 
     runtime: Runtime
-    stream_transport_classes_by_protocol: ClassVar[Mapping[str, type[HTTPStreamTransport]]] = {
-        MULTIPART_SUBSCRIPTION_PROTOCOL: MultipartSubscriptionTransport,
-        GRAPHQL_SSE_PROTOCOL: LineFeedSSETransport,
-    }
+    stream_transport_classes_by_protocol: ClassVar[Mapping[str, type[HTTPStreamTransport]]] = TRANSPORT_CLASSES
 
-    def _get_stream_transport_from_headers(self, headers: Mapping[str, str]) -> HTTPStreamTransport | None:
-        """The first streaming media type in `Accept`, unless a JSON one comes before it."""
-        accept = next((value for key, value in headers.items() if key.lower() == "accept"), "")
-        transports: list[HTTPStreamTransport] = list(self._stream_transport_map.values())  # type: ignore[attr-defined]
-        for media_range in accept.split(","):
-            if media_range.split(";", 1)[0].strip().lower() in JSON_MEDIA_TYPES:
-                return None
-            transport = next((t for t in transports if t.accepts(media_range)), None)
-            if transport is not None:
-                return transport
-        return None
+    async def parse_http_body(self, request: Any) -> GraphQLRequestData | list[GraphQLRequestData]:
+        """Strawberry's, except that a JSON media type listed before a streaming one wins."""
+        data: GraphQLRequestData | list[GraphQLRequestData] = await super().parse_http_body(request)  # type: ignore[misc]
+        if isinstance(data, GraphQLRequestData) and data.protocol in STREAM_TRANSPORTS and json_first(request.headers):
+            data.protocol = "http"
+        return data
 
     async def execute_operation(
         self, request: Any, request_adapter: Any, request_data: Any, context: Any, root_value: Any, sub_response: Any
     ) -> Any:
-        if isinstance(request, Request) and isinstance(context, GatewayContext):
-            request.state.principal = context.principal  # for the stream's expiry and accounting
-        return await super().execute_operation(  # type: ignore[misc]
+        """Strawberry's; a streamed result is kept for `create_streaming_response`, which
+        writes it itself (Strawberry's writer reads results ahead of the socket)."""
+        result = await super().execute_operation(  # type: ignore[misc]
             request, request_adapter, request_data, context, root_value, sub_response
         )
+        if (
+            isinstance(request, Request)
+            and isinstance(request_data, GraphQLRequestData)
+            and request_data.protocol in STREAM_TRANSPORTS
+            and isinstance(context, GatewayContext)
+        ):
+            request.state.subscription = (result, STREAM_TRANSPORTS[request_data.protocol], context.principal)
+        return result
 
-    def _stream_result(self, request: Any, result: Any, transport: HTTPStreamTransport) -> AsyncTextStream:
-        """Replaces Strawberry's, which reads results ahead of the socket."""
+    async def create_streaming_response(
+        self, request: Any, stream: Callable[[], AsyncIterator[str]], sub_response: Response, headers: Mapping[str, str]
+    ) -> Response:
+        kept = getattr(request.state, "subscription", None) if isinstance(request, Request) else None
+        if kept is None:  # e.g. @defer results: Strawberry's response
+            return await super().create_streaming_response(request, stream, sub_response, headers)  # type: ignore[misc,no-any-return]
+        del request.state.subscription
+        results, transport, principal = kept
 
         async def process(value: Any) -> GraphQLHTTPResponse:
             response: GraphQLHTTPResponse = await self.process_result(request, value)  # type: ignore[attr-defined]
             return response
 
         encode: Encode = self.encode_json_string  # type: ignore[attr-defined]
-        principal: Principal | None = getattr(request.state, "principal", None)
-        return HTTPOperation(result, transport, encode, process, principal, self.runtime)
+        operation = HTTPOperation(results, transport, encode, process, principal)
+        return await self._respond(operation, sub_response, headers)
 
-    async def create_streaming_response(
-        self, request: Any, stream: Callable[[], AsyncIterator[str]], sub_response: Response, headers: Mapping[str, str]
-    ) -> Response:
-        if not isinstance(stream, HTTPOperation):  # e.g. @defer results: Strawberry's response
-            return await super().create_streaming_response(request, stream, sub_response, headers)  # type: ignore[misc,no-any-return]
+    async def _respond(self, stream: HTTPOperation, sub_response: Response, headers: Mapping[str, str]) -> Response:
+        """Open the operation's connection, then its response; 429 over a connection limit."""
+        connection = Connection(self.runtime, stream)
+        try:
+            if stream.principal is not None:
+                connection.open(stream.principal)
+        except ConnectionRefused as refused:
+            connection.close()
+            await stream.discard()
+            self.runtime.metrics.refused(refused.limit)
+            logger.info("HTTP subscription refused: %s", refused.reason)
+            return JSONResponse(error_result(ErrorCode.TOO_MANY_CONNECTIONS, refused.reason), status_code=429)
+        stream.connection = connection
         return BoundedStreamingResponse(
-            stream,
-            status_code=sub_response.status_code or 200,
-            headers={**sub_response.headers, **headers},
-            write_timeout=self.runtime.settings.slow_consumer_timeout,
+            stream, status_code=sub_response.status_code or 200, headers={**sub_response.headers, **headers}
         )
 
 
 class HTTPOperation:
-    """One subscription answered over an HTTP response; calling it gives the frames."""
+    """One subscription answered over an HTTP response, the adapter of its connection;
+    calling it gives the frames."""
+
+    connection: Connection
 
     def __init__(
         self,
@@ -158,15 +198,13 @@ class HTTPOperation:
         encode: Encode,
         process: Process,
         principal: Principal | None,
-        runtime: Runtime,
     ) -> None:
+        self.principal = principal
         self._results = results
         self._transport = transport
         self._encode = encode
         self._process = process
-        self._principal = principal
-        self._runtime = runtime
-        self._draining = asyncio.Event()
+        self._stopping = asyncio.get_running_loop().create_future()  # set to DRAIN or EXPIRY
         self._ended = asyncio.Event()
         self._step: asyncio.Future[Any] | None = None
 
@@ -175,8 +213,20 @@ class HTTPOperation:
 
     async def drain(self) -> None:
         """Complete the operation (its cursor flushed), as a shutdown does for sockets."""
-        self._draining.set()
+        self._stop(_Wake.DRAIN)
         await self._ended.wait()
+
+    async def expire(self) -> None:
+        """End with an `UNAUTHENTICATED` "Token expired" error, then `complete`."""
+        self._stop(_Wake.EXPIRY)
+
+    async def discard(self) -> None:
+        """Never streamed (refused): release what the resolver opened."""
+        await self._close_results()
+
+    def _stop(self, why: _Wake) -> None:
+        if not self._stopping.done():
+            self._stopping.set_result(why)
 
     def slow_consumer_frames(self) -> str:
         """What a stalled stream is told, if it still reads at all."""
@@ -184,38 +234,28 @@ class HTTPOperation:
         return self._transport.encode_next(error, self._encode) + self._transport.encode_complete()
 
     async def _frames(self) -> AsyncGenerator[str, None]:
-        counters = None
-        if self._principal is not None and self._runtime.hub is not None:
-            counters = self._runtime.hub.counters.tenant(self._principal.tenant_id)
-            counters.connections += 1
-        self._runtime.connections.add(self)
-        drained = asyncio.ensure_future(self._draining.wait())
         try:
             if self._transport.send_initial_heartbeat:
                 yield self._transport.heartbeat_message(self._encode)
-            async with aclosing(self._result_frames(drained)) as frames:
+            async with aclosing(self._result_frames()) as frames:
                 async for frame in frames:
                     yield frame
             await self._close_results()  # cursor flushed or group removed before `complete`
             yield self._transport.encode_complete()
         finally:
-            drained.cancel()
             with anyio.CancelScope(shield=True):  # a client disconnect cancels us; cleanup must finish
                 await self._close_results()
-            if counters is not None:
-                counters.connections -= 1
-            self._runtime.connections.discard(self)
             self._ended.set()
 
-    async def _result_frames(self, drained: asyncio.Future[Any]) -> AsyncGenerator[str, None]:
+    async def _result_frames(self) -> AsyncGenerator[str, None]:
         while True:
             # Asked for only now that the previous frame was written: the
             # resolver acknowledges an entry when it is asked for the next one.
             self._step = asyncio.ensure_future(anext(self._results, _END))
-            wake = await self._wait(self._step, drained)
+            wake = await self._wait(self._step)
             while wake is _Wake.HEARTBEAT:
                 yield self._transport.heartbeat_message(self._encode)
-                wake = await self._wait(self._step, drained)
+                wake = await self._wait(self._step)
             if wake is _Wake.EXPIRY:
                 await self._close_results()
                 yield self._transport.encode_next(error_result(ErrorCode.UNAUTHENTICATED, closes.TOKEN_EXPIRED.reason), self._encode)
@@ -228,18 +268,16 @@ class HTTPOperation:
                 return
             yield self._transport.encode_next(await self._process(value), self._encode)
 
-    async def _wait(self, step: asyncio.Future[Any], drained: asyncio.Future[Any]) -> _Wake:
-        timeout = self._transport.heartbeat_interval
-        expires_at = None if self._principal is None else self._principal.expires_at
-        if expires_at is not None:
-            timeout = max(0.0, min(timeout, expires_at - time.time()))
-        done, _ = await asyncio.wait((step, drained), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    async def _wait(self, step: asyncio.Future[Any]) -> _Wake:
+        stopping = self._stopping
+        done, _ = await asyncio.wait(
+            (step, stopping), timeout=self._transport.heartbeat_interval, return_when=asyncio.FIRST_COMPLETED
+        )
         if step in done:
             return _Wake.RESULT
-        if drained in done:
-            return _Wake.DRAIN
-        if expires_at is not None and time.time() >= expires_at:
-            return _Wake.EXPIRY
+        if stopping in done:
+            why: _Wake = stopping.result()
+            return why
         return _Wake.HEARTBEAT
 
     async def _close_results(self) -> None:
@@ -255,35 +293,40 @@ class HTTPOperation:
 
 
 class BoundedStreamingResponse(StreamingResponse):
-    """Writes an operation's frames, each within `write_timeout`, and closes the
-    operation as soon as the response ends (not when it is garbage collected)."""
+    """Writes an operation's frames under its connection's write deadline, and closes the
+    operation and its connection as soon as the response ends (not when garbage collected)."""
 
-    def __init__(
-        self, operation: HTTPOperation, *, status_code: int, headers: Mapping[str, str], write_timeout: float
-    ) -> None:
+    def __init__(self, operation: HTTPOperation, *, status_code: int, headers: Mapping[str, str]) -> None:
         self.frames = operation()
         super().__init__(self.frames, status_code=status_code, headers=headers)
         self.operation = operation
-        self.write_timeout = write_timeout
+
+    async def __call__(self, scope: Any, receive: Any, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.operation.connection.close()
 
     async def stream_response(self, send: Send) -> None:
+        connection = self.operation.connection
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         async with aclosing(self.frames) as frames:
-            async for frame in frames:
-                try:
-                    async with asyncio.timeout(self.write_timeout):
+            try:
+                async for frame in frames:
+                    async with connection.deadline():
                         await send({"type": "http.response.body", "body": frame.encode(), "more_body": True})
-                except TimeoutError:
-                    break  # the frame was not written: its entry stays unacknowledged
+            except SlowConsumer:
+                pass  # the frame was not written: its entry stays unacknowledged
             else:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
-        logger.info("ending an HTTP subscription whose client stopped reading")
-        with suppress(TimeoutError, OSError):
-            async with asyncio.timeout(FINAL_WRITE_TIMEOUT):
-                last_words = self.operation.slow_consumer_frames().encode()
-                await send({"type": "http.response.body", "body": last_words, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        last_words = self.operation.slow_consumer_frames().encode()
+
+        async def say() -> None:
+            await send({"type": "http.response.body", "body": last_words, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        await connection.last_words(say(), (OSError,))
 
 
 __all__ = ["SUBSCRIPTION_PROTOCOLS", "BoundedStreamingResponse", "HTTPOperation", "HTTPSubscriptions"]

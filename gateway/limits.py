@@ -93,7 +93,7 @@ class ConnectionRefused(Exception):
     """A connection over a limit; closed with `code` and `reason` (graphql-transport-ws),
     or answered `connection_error` with `reason` (legacy graphql-ws)."""
 
-    def __init__(self, code: int, reason: str, limit: Limit) -> None:
+    def __init__(self, code: closes.CloseCode, reason: str, limit: Limit) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason

@@ -20,6 +20,7 @@ from ..streaming.janitor import Janitor, JanitorConfig
 from ..streaming.readers import StreamReader, open_reader
 from .auth import Authenticator
 from .embedded import RedisServer, ensure_embedded
+from .limits import ConnectionLimits
 from .metrics import CountingRetry, GatewayMetrics
 from .settings import Settings
 from .watchdog import WriteWatch
@@ -83,9 +84,10 @@ class Runtime:
     hub: Hub | None = None
     redis: AnyRedis | None = None
     janitor: Janitor | None = None
-    connections: set[Drainable] = field(default_factory=set)
+    connections: set[Drainable] = field(default_factory=set)  # every open connection (gateway.connection)
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
-    writes: WriteWatch = field(init=False)  # slow consumers on the /graphql fast path
+    writes: WriteWatch = field(init=False)  # every connection's write deadline
+    limits: ConnectionLimits = field(init=False)  # connections per user and per tenant, on every transport
     _reader: StreamReader | None = None
     _embedded: RedisServer | None = None
     _janitor_task: asyncio.Task[None] | None = None
@@ -93,6 +95,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.writes = WriteWatch(self.settings.slow_consumer_timeout)
+        self.limits = ConnectionLimits.from_settings(self.settings)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:

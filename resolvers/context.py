@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from strawberry.fastapi import BaseContext
@@ -35,7 +35,6 @@ class GatewayContext(BaseContext):
     principal: Principal | None = None
     delivery: DeliveryMetrics | None = None  # per-event figures for /metrics
     connection_params: dict[str, Any] | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         super().__init__()

@@ -35,7 +35,7 @@ INTERVAL = 0.5
 async def test_a_client_that_stops_reading_is_cleaned_up_within_two_ping_intervals(
     make_gateway: object, redis_client: redis.Redis, tenant: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="ragline.gateway.ws_handlers")
+    caplog.set_level(logging.INFO, logger="ragline.gateway.sockets")
     # the slow-consumer timeout is long: only the pings can find this client in time
     gateway: GatewayServer = make_gateway(  # type: ignore[operator]
         ping_interval=INTERVAL, ping_timeout=INTERVAL, slow_consumer_timeout=60

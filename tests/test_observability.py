@@ -173,7 +173,7 @@ async def test_redis_errors_and_reconnects_are_counted(
     assert value(samples, "ragline_redis_reconnects_total") == REDIS.reconnects >= 1
 
 
-@pytest.mark.log_errors(r"ERROR: Exception in worker task \(RuntimeError: failure-")  # the failure this test injects
+@pytest.mark.log_errors(r"ragline.gateway.sockets ERROR: operation failed \(RuntimeError: failure-")  # the failure this test injects
 async def test_json_logs_carry_the_connection_tenant_and_operation_ids(
     gateway: GatewayServer, tenant: str, monkeypatch: pytest.MonkeyPatch, session_log: Path
 ) -> None:

@@ -1,0 +1,181 @@
+"""One client connection's lifecycle, whatever its transport.
+
+The gateway speaks seven transports: graphql-transport-ws and legacy graphql-ws
+WebSockets on `/graphql`, GraphQL over SSE and multipart HTTP on `/graphql`, and the
+seed's `/ws`, `/ws/orders` and `/stream*`. Each is an adapter that translates its
+frames; what a connection *is* lives here, once:
+
+- who it is and until when: the verified `Principal`, and one loop timer that
+  calls the adapter's `expire()` when the token's `exp` passes;
+- what it counts against: the per-user and per-tenant connection limits of the
+  process (`ConnectionRefused` when over one) and its tenant's `connections` figure;
+- the write deadline: a write the client does not take within
+  RAGLINE_SLOW_CONSUMER_TIMEOUT makes it a slow consumer (counted once per connection);
+- the final write (`last_words`), which never waits more than FINAL_WRITE_TIMEOUT;
+- the graceful drain: the runtime drains every open connection through its adapter.
+
+How a transport *says* an ending (close code, error frame, HTTP status) is data in
+`gateway.closes`; what it says it with is the adapter's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Protocol
+
+from ..resolvers.context import Principal
+from ..streaming.errors import SlowConsumer
+from . import closes
+from .closes import FINAL_WRITE_TIMEOUT, Close
+from .watchdog import Writer, stalled
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+logger = logging.getLogger(__name__)
+# The writer of the current task, while it writes under the deadline (`Connection.writes`).
+_WRITER: ContextVar[Writer | None] = ContextVar("ragline_writer", default=None)
+_EXPIRING: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
+
+
+class Adapter(Protocol):
+    """What a transport does for the lifecycle: end the connection in its own words."""
+
+    async def expire(self) -> None:
+        """The token expired: end the connection, telling the client as the protocol can."""
+
+    async def drain(self) -> None:
+        """Graceful shutdown: complete the connection's operations (cursors flushed), then end it."""
+
+
+class Connection:
+    """One client connection, from accept to close. Registered for the drain from creation;
+    `open` it with the verified principal; `close` it exactly once, whatever happened."""
+
+    __slots__ = ("_expiry", "adapter", "principal", "runtime", "slow", "slow_consumer")
+
+    def __init__(self, runtime: Runtime, adapter: Adapter, slow_consumer: Close = closes.SLOW_CONSUMER) -> None:
+        self.runtime = runtime
+        self.adapter = adapter
+        self.slow_consumer = slow_consumer  # its words for a slow consumer (the endpoint's catalogue entry)
+        self.principal: Principal | None = None
+        self.slow = False  # ended as a slow consumer (counted once)
+        self._expiry: asyncio.TimerHandle | None = None
+        runtime.connections.add(self)
+
+    def open(self, principal: Principal) -> None:
+        """Count the authenticated connection in (ConnectionRefused, nothing counted, when
+        over a limit) and arm its expiry."""
+        self.runtime.limits.acquire(principal)
+        self.principal = principal
+        hub = self.runtime.hub
+        if hub is not None:
+            hub.counters.tenant(principal.tenant_id).connections += 1
+        if principal.expires_at is not None:  # a timer, not a task asleep for hours per connection
+            delay = max(0.0, principal.expires_at - time.time())
+            self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
+
+    def close(self) -> None:
+        """Count the connection out; idempotent."""
+        self.runtime.connections.discard(self)
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        principal, self.principal = self.principal, None
+        if principal is None:
+            return
+        self.runtime.limits.release(principal)
+        hub = self.runtime.hub
+        if hub is not None:
+            hub.counters.tenant(principal.tenant_id).connections -= 1
+
+    async def drain(self) -> None:
+        await self.adapter.drain()
+
+    def _expired(self) -> None:
+        self._expiry = None
+        if self.principal is not None:
+            logger.info("ending a connection of tenant %s: token expired", self.principal.tenant_id)
+        task = asyncio.get_running_loop().create_task(self.adapter.expire())
+        _EXPIRING.add(task)
+        task.add_done_callback(_EXPIRING.discard)
+
+    # -- the write deadline ---------------------------------------------------
+
+    @contextmanager
+    def writes(self) -> Iterator[Writer]:
+        """The current task writes under the deadline until the block ends: set
+        `writer.since` when a write begins and back to 0.0 when it returned; a write
+        pending too long is cancelled (`watchdog.stalled` tells that cancellation apart)."""
+        watch = self.runtime.writes
+        writer = watch.watch()
+        token = _WRITER.set(writer)
+        try:
+            yield writer
+        finally:
+            _WRITER.reset(token)
+            watch.forget(writer)
+
+    @asynccontextmanager
+    async def deadline(self) -> AsyncIterator[None]:
+        """One write (waiting for a lock included) under the deadline: SlowConsumer if it
+        missed it. The current task's writer if it has one, else one for this write."""
+        writer = _WRITER.get()
+        with self.writes() if writer is None else _same(writer) as writer:
+            writer.since = asyncio.get_running_loop().time()
+            try:
+                yield
+            except asyncio.CancelledError:
+                if not stalled(writer):
+                    raise
+                self.ended_slow()
+                raise SlowConsumer(self.slow_consumer.reason) from None
+            finally:
+                writer.since = 0.0
+
+    @staticmethod
+    def unwatched() -> None:
+        """The current task, made by one that writes under the deadline, writes without it."""
+        _WRITER.set(None)
+
+    def ended_slow(self) -> bool:
+        """The client did not read in time; True the first time (counted then)."""
+        if self.slow:
+            return False
+        self.slow = True
+        self.runtime.metrics.delivery.slow_consumers += 1
+        logger.info("ending the operations of a client that did not read in time")
+        return True
+
+    # -- the last write -------------------------------------------------------
+
+    async def last_words(self, words: Awaitable[None], gone: tuple[type[BaseException], ...] = ()) -> bool:
+        """Write `words` within FINAL_WRITE_TIMEOUT. False when the client did not take them:
+        it stopped reading, and the adapter gives the connection up without them. A client
+        already `gone` (the adapter's socket errors) is no failure: there is nobody to tell."""
+        try:
+            async with asyncio.timeout(FINAL_WRITE_TIMEOUT):
+                await words
+        except TimeoutError:
+            return False
+        except gone:
+            pass
+        return True
+
+
+def current_writer() -> Writer | None:
+    """The writer of the current task, when it writes under a connection's deadline."""
+    return _WRITER.get()
+
+
+@contextmanager
+def _same(writer: Writer) -> Iterator[Writer]:
+    yield writer
+
+
+__all__ = ["Adapter", "Connection", "current_writer"]
