@@ -27,7 +27,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, suppress
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 from graphql import GraphQLError, GraphQLSyntaxError
@@ -167,6 +167,8 @@ class GraphQLSocket:
                 return
             await self.handle(decoded)
 
+    result_type: ClassVar[str]  # the type of the messages that carry an operation's results
+
     def violation(self, message: Any) -> str | None:
         """What is wrong with the shape of a client message, or None."""
         raise NotImplementedError
@@ -271,6 +273,34 @@ class GraphQLSocket:
         return await self.router.schema.stream(
             query, variable_values=variables, context_value=self.context, operation_name=operation_name
         )
+
+    async def run_document(
+        self, operation: Operation, query: str, variables: dict[str, Any] | None, operation_name: str | None
+    ) -> None:
+        """A document the fast path declined, run by Strawberry: each result a `result_type`
+        message, then `complete`; an error before execution is the operation's error."""
+        results = await self.stream(query, variables, operation_name)
+        async with aclosing(results):
+            first = True
+            async for result in results:
+                if first and isinstance(result, PreExecutionError):
+                    assert result.errors
+                    await self.pre_execution_error(operation, result.errors)
+                    return
+                if not isinstance(result, ExecutionResult):
+                    await self.operation_error(operation, [GraphQLError(INCREMENTAL_REFUSED)])
+                    return
+                first = False
+                message = {"id": operation.id, "type": self.result_type, "payload": _payload(result)}
+                await self.send_operation_message(operation, message)
+        await self.send_operation_message(operation, {"id": operation.id, "type": "complete"})
+
+    async def pre_execution_error(self, operation: Operation, errors: list[GraphQLError]) -> None:
+        await self.operation_error(operation, errors)
+
+    async def operation_error(self, operation: Operation, errors: list[GraphQLError]) -> None:
+        """End the operation with an `error` message, as the protocol shapes it."""
+        raise NotImplementedError
 
     def forget(self, operation_id: str) -> Operation | None:
         """Nothing more goes out for this operation; its task, if running, is cancelled."""
@@ -434,6 +464,7 @@ class TransportSocket(GraphQLSocket):
     def violation(self, message: Any) -> str | None:
         return transport_ws_violation(message)
 
+    result_type = "next"
     _heartbeat: Heartbeat | None = None
 
     async def handle(self, message: dict[str, Any]) -> None:
@@ -472,41 +503,21 @@ class TransportSocket(GraphQLSocket):
         query, variables, name = payload["query"], payload.get("variables"), payload.get("operationName")
         plan = self.router.planner.plan(query, variables, name)
         if plan is None:
-            self.start(operation_id, lambda operation: self._run(operation, query, variables, name))
+            self.start(operation_id, lambda operation: self.run_document(operation, query, variables, name))
         else:  # the decoded message is not kept: the plan holds what every subscriber of it shares
             self.start(operation_id, lambda operation: self._run_shared(operation, plan))
 
-    async def _run(
-        self, operation: Operation, query: str, variables: dict[str, Any] | None, operation_name: str | None
-    ) -> None:
-        """A document the fast path declined, run by Strawberry: each result a `next`."""
-        results = await self.stream(query, variables, operation_name)
-        async with aclosing(results):
-            first = True
-            async for result in results:
-                if first and isinstance(result, PreExecutionError):
-                    await self._pre_execution_error(operation, result)
-                    return
-                if not isinstance(result, ExecutionResult):
-                    await self._errors(operation, [GraphQLError(INCREMENTAL_REFUSED)])
-                    return
-                first = False
-                await self.send_operation_message(operation, {"id": operation.id, "type": "next", "payload": _payload(result)})
-        await self.send_operation_message(operation, {"id": operation.id, "type": "complete"})
-
-    async def _pre_execution_error(self, operation: Operation, result: PreExecutionError) -> None:
+    async def pre_execution_error(self, operation: Operation, errors: list[GraphQLError]) -> None:
         """A document that cannot be parsed closes the socket 4400, as the protocol says;
         any other error before execution (validation, an operation the document does not
         define) is the operation's `error`."""
-        assert result.errors
-        error = result.errors[0]
-        if isinstance(error, GraphQLSyntaxError):
+        if isinstance(errors[0], GraphQLSyntaxError):
             self.forget(operation.id)
-            await self.close(Close(closes.CloseCode.BAD_REQUEST, error.message, closes.Retry.NEVER))
+            await self.close(Close(closes.CloseCode.BAD_REQUEST, errors[0].message, closes.Retry.NEVER))
             return
-        await self._errors(operation, result.errors)
+        await self.operation_error(operation, errors)
 
-    async def _errors(self, operation: Operation, errors: list[GraphQLError]) -> None:
+    async def operation_error(self, operation: Operation, errors: list[GraphQLError]) -> None:
         await self.send_operation_message(
             operation, {"id": operation.id, "type": "error", "payload": [error.formatted for error in errors]}
         )
@@ -517,11 +528,11 @@ class TransportSocket(GraphQLSocket):
         try:
             payloads = await open_shared(self.context, self.router.planner, plan)
         except GraphQLError as error:
-            await self._errors(operation, [error])
+            await self.operation_error(operation, [error])
             return
         except Exception as error:  # noqa: BLE001 (a bug: log it; the client learns only that it failed)
             await self.bug(error)
-            await self._errors(operation, [GraphQLError(MASKED_MESSAGE)])
+            await self.operation_error(operation, [GraphQLError(MASKED_MESSAGE)])
             return
         head = f'{{"id":{orjson.dumps(operation.id).decode()},"type":"next","payload":'
         try:
@@ -579,6 +590,7 @@ class LegacySocket(GraphQLSocket):
     def violation(self, message: Any) -> str | None:
         return legacy_ws_violation(message)
 
+    result_type = "data"
     _keepalive: asyncio.Task[None] | None = None
 
     async def handle(self, message: dict[str, Any]) -> None:
@@ -637,7 +649,7 @@ class LegacySocket(GraphQLSocket):
             return
         await self._stop(operation_id)
         query, variables, name = payload["query"], payload.get("variables"), payload.get("operationName")
-        self.start(operation_id, lambda operation: self._run(operation, query, variables, name))
+        self.start(operation_id, lambda operation: self.run_document(operation, query, variables, name))
 
     async def _stop(self, operation_id: str) -> None:
         """End a running operation; its `complete` is written once its task has ended."""
@@ -648,27 +660,9 @@ class LegacySocket(GraphQLSocket):
             await asyncio.wait([operation.task])
         await self.send_message({"type": "complete", "id": operation_id})
 
-    async def _run(
-        self, operation: Operation, query: str, variables: dict[str, Any] | None, operation_name: str | None
-    ) -> None:
-        """Each result a `data` message, then `complete`; an error before execution is `error`."""
-        results = await self.stream(query, variables, operation_name)
-        async with aclosing(results):
-            first = True
-            async for result in results:
-                if first and isinstance(result, PreExecutionError):
-                    assert result.errors
-                    await self.send_operation_message(
-                        operation, {"type": "error", "id": operation.id, "payload": result.errors[0].formatted}
-                    )
-                    return
-                if not isinstance(result, ExecutionResult):
-                    message = {"type": "error", "id": operation.id, "payload": {"message": INCREMENTAL_REFUSED}}
-                    await self.send_operation_message(operation, message)
-                    return
-                first = False
-                await self.send_operation_message(operation, {"type": "data", "id": operation.id, "payload": _payload(result)})
-        await self.send_operation_message(operation, {"type": "complete", "id": operation.id})
+    async def operation_error(self, operation: Operation, errors: list[GraphQLError]) -> None:
+        """subscriptions-transport-ws's `error` carries one error."""
+        await self.send_operation_message(operation, {"type": "error", "id": operation.id, "payload": errors[0].formatted})
 
     async def say_slow_consumer(self, operation_ids: list[str]) -> None:
         """Each operation gets an `error` (what subscriptions-transport-ws hands to the
