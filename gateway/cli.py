@@ -78,12 +78,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# How long a worker may take to answer uvicorn's health check, from its start on (uvicorn's
-# default, 5 s, is less than a busy host takes to import the app: the supervisor then kills
-# every worker before it is up, and again, forever).
-WORKER_HEALTHCHECK_TIMEOUT = 60
-
-
 def schema_command(settings: Settings, args: argparse.Namespace) -> int:
     from ..resolvers.root import SCHEMA
 
@@ -126,10 +120,7 @@ def serve_command(settings: Settings, args: argparse.Namespace) -> int:
         if args.workers > 1:
             # Workers build their own app from the environment: hand them the resolved settings.
             os.environ.update(_environment(settings))
-            run_workers(uvicorn.Config(
-                "ragline.app:create_app", factory=True, workers=args.workers,
-                timeout_worker_healthcheck=WORKER_HEALTHCHECK_TIMEOUT, **options,
-            ))
+            run_workers(uvicorn.Config("ragline.app:create_app", factory=True, workers=args.workers, **options))
         else:
             app = create_app(settings)
             DrainingServer(uvicorn.Config(app, **options), app.state.runtime).run()
