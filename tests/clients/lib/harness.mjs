@@ -9,7 +9,7 @@
 import { createHmac, randomUUID } from 'node:crypto';
 import { appendFileSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { createClient as createRedisClient } from 'redis';
+import { createCluster, createClient as createRedisClient } from 'redis';
 
 export { sleep };
 
@@ -57,10 +57,20 @@ export const FORGED = (tenant) => issued(`${token(tenant).slice(0, -4)}AAAA`);
 
 /** A Redis connection for the test file: the producer side and XINFO GROUPS. */
 export async function connectRedis() {
-  const client = createRedisClient({ url: redisUrl });
+  const client = redisClient(redisUrl);
   client.on('error', () => {}); // reported by the command that fails
   await client.connect();
   return new Producer(client);
+}
+
+/** A client for `url`: one server, or a cluster named by its seed nodes
+ *  (`redis+cluster://host:port,host:port`, the gateway's own URL form). */
+function redisClient(url) {
+  const cluster = /^(rediss?)\+cluster:\/\/(.+)$/.exec(url);
+  if (!cluster) return createRedisClient({ url });
+  const [, scheme, nodes] = cluster;
+  const rootNodes = nodes.split('/')[0].split('?')[0].split(',').map((node) => ({ url: `${scheme}://${node}` }));
+  return createCluster({ rootNodes });
 }
 
 export class Producer {
@@ -109,7 +119,7 @@ export class Producer {
   }
 
   async close() {
-    await this.client.quit();
+    await this.client.close();
   }
 }
 
