@@ -9,6 +9,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,11 +216,14 @@ async def connect(url: str, protocol: str = TRANSPORT_WS, *, token: str | None =
         yield client
 
 
-async def wait_until(predicate: Any, timeout: float = TIMEOUT, interval: float = 0.02) -> None:
+async def wait_until(
+    predicate: Any, timeout: float = TIMEOUT, interval: float = 0.02, failure: Callable[[], str] | None = None
+) -> None:
+    """Poll `predicate` until it holds; AssertionError (with `failure()`, if given) when it never does."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
+            raise AssertionError("condition not reached in time" if failure is None else failure())
         await asyncio.sleep(interval)
 
 

@@ -154,10 +154,10 @@ async def released(
     def figures() -> tuple[int, int]:
         return gateway.hub.counters.tenant(tenant).connections, len(groups(redis_client, tenant))
 
-    try:
-        await wait_until(lambda: figures() == expected)
-    except AssertionError:
-        raise AssertionError(f"(connections, groups) of the tenant stayed {figures()}, not {expected}") from None
+    await wait_until(
+        lambda: figures() == expected,
+        failure=lambda: f"(connections, groups) of the tenant stayed {figures()}, not {expected}",
+    )
 
 
 # -- 1. token expiry ---------------------------------------------------------------------
@@ -193,10 +193,10 @@ async def given_up(gateway: GatewayServer, tenant: str) -> None:
     """Stay stalled until the gateway released the stalled subscription, which it does right
     before its last words (given a second to be taken): polled every 5 ms. The proof that
     it was a slow consumer is what the client then reads, and /metrics."""
-    try:
-        await wait_until(lambda: gateway.hub.counters.tenant(tenant).subscriptions == 0, timeout=30, interval=0.005)
-    except AssertionError:
-        raise AssertionError(f"the gateway never gave up on the stalled client of {tenant}") from None
+    await wait_until(
+        lambda: gateway.hub.counters.tenant(tenant).subscriptions == 0, timeout=30, interval=0.005,
+        failure=lambda: f"the gateway never gave up on the stalled client of {tenant}",
+    )
 
 
 @pytest.mark.parametrize("transport", MATRIX)
