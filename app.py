@@ -1,4 +1,4 @@
-"""The RAGline gateway application: `create_app()` builds it, `main()` is the `ragline` CLI."""
+"""The RAGline gateway application: `create_app()` builds it (the `ragline` CLI is `gateway.cli`)."""
 
 from __future__ import annotations
 
@@ -57,14 +57,3 @@ def _start_demo(runtime: Runtime) -> asyncio.Task[None] | None:
     from .gateway.demo import run_demo
 
     return asyncio.create_task(run_demo(runtime.redis), name="ragline-demo")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `ragline` command."""
-    from .gateway.cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

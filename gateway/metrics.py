@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
@@ -24,9 +24,16 @@ from prometheus_client.registry import Collector
 from redis.asyncio.retry import Retry
 
 from ..resolvers.metrics import LATENCY_BUCKETS, DeliveryMetrics
+from ..streaming.hub import Hub
+from .auth import Authenticator
 
-if TYPE_CHECKING:
-    from .runtime import Runtime
+
+class Observed(Protocol):
+    """What /metrics reads of the process (gateway.runtime.Runtime)."""
+
+    hub: Hub | None
+    metrics: GatewayMetrics
+    authenticator: Authenticator
 
 T = TypeVar("T")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -88,7 +95,7 @@ class CountingRetry(Retry):
 class GatewayCollector(Collector):
     """Reads the runtime's figures at scrape time."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Observed) -> None:
         self.runtime = runtime
 
     def collect(self) -> Iterator[Metric]:
@@ -167,7 +174,7 @@ def _labelled(kind: type[Any], name: str, documentation: str, label: str, counts
     return metric
 
 
-def registry_for(runtime: Runtime) -> CollectorRegistry:
+def registry_for(runtime: Observed) -> CollectorRegistry:
     """A registry of the gateway's figures and this process's (memory, CPU, file descriptors)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GatewayCollector(runtime))

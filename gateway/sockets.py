@@ -27,7 +27,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, suppress
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import orjson
 from graphql import GraphQLError, GraphQLSyntaxError
@@ -38,7 +38,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_P
 from strawberry.types.execution import ExecutionResult, PreExecutionError
 
 from ..resolvers.context import GatewayContext
-from ..resolvers.shared import SharedPlan, open_shared
+from ..resolvers.shared import Planner, SharedPlan, open_shared
 from ..schema.errors import MASKED_MESSAGE, ErrorCode, GatewayError
 from . import closes
 from .auth import origin_allowed
@@ -48,10 +48,8 @@ from .heartbeat import Heartbeat
 from .limits import ConnectionRefused, Limit, TokenBucket, rate_limited, too_many_subscriptions
 from .logs import OPERATION_ID, new_connection_id
 from .protocol import legacy_ws_violation, transport_ws_violation
+from .runtime import Runtime
 from .watchdog import Writer, stalled
-
-if TYPE_CHECKING:
-    from .transport import GatewayRouter
 
 logger = logging.getLogger(__name__)
 SUBPROTOCOLS = (GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL)
@@ -60,7 +58,21 @@ RESULTS = frozenset({"next", "data"})  # the message types that carry an operati
 INCREMENTAL_REFUSED = "Incremental delivery (@defer, @stream) is not supported over WebSockets"
 
 
-async def serve(router: GatewayRouter, scope: Scope, receive: Receive, send: Send) -> None:
+class Host(Protocol):
+    """What a socket needs of the `/graphql` router (gateway.transport.GatewayRouter)."""
+
+    runtime: Runtime
+    planner: Planner
+
+    @property
+    def schema(self) -> Any: ...
+
+    def socket_context(self, websocket: WebSocket) -> GatewayContext: ...
+
+    async def open_socket(self, context: GatewayContext, connection: Connection) -> None: ...
+
+
+async def serve(router: Host, scope: Scope, receive: Receive, send: Send) -> None:
     """One WebSocket on /graphql, from the handshake to its end."""
     websocket = WebSocket(scope, receive, send)
     if not origin_allowed(websocket.headers, router.runtime.settings.allowed_origins):
@@ -96,7 +108,7 @@ class GraphQLSocket:
     """What both subprotocols share: the read loop, the connection's lifecycle, the
     subscribe rate and limit, the write deadline, and giving up on a peer."""
 
-    def __init__(self, router: GatewayRouter, websocket: WebSocket, send: Send, context: GatewayContext) -> None:
+    def __init__(self, router: Host, websocket: WebSocket, send: Send, context: GatewayContext) -> None:
         self.router = router
         self.runtime = router.runtime
         self.websocket = websocket

@@ -307,7 +307,7 @@ class GatewayProcess:
 
         import httpx
 
-        code = "from ragline.app import main; raise SystemExit(main())"
+        code = "from ragline.gateway.cli import main; raise SystemExit(main())"
         env = self.env
         if self.fault is not None:
             code = f"import faults; faults.{self.fault}; {code}"

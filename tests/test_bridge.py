@@ -30,7 +30,7 @@ from ragline.streaming import keys
 from ragline.streaming.bridge import Bridge, BridgeConfig
 
 pytestmark = pytest.mark.anyio
-RAGLINE = [sys.executable, "-c", "from ragline.app import main; raise SystemExit(main())"]
+RAGLINE = [sys.executable, "-c", "from ragline.gateway.cli import main; raise SystemExit(main())"]
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = keys.SHARED_STREAM_NAMES
 SOURCE_KEYS = [keys.shared_stream_key(name) for name in SOURCES]

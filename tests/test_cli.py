@@ -19,7 +19,7 @@ from helpers import EVENTS_QUERY, TRANSPORT_WS, ProtocolClient, close_of, connec
 from ragline.gateway.embedded import free_port
 
 pytestmark = pytest.mark.anyio
-RAGLINE = [sys.executable, "-c", "from ragline.app import main; raise SystemExit(main())"]
+RAGLINE = [sys.executable, "-c", "from ragline.gateway.cli import main; raise SystemExit(main())"]
 ROOT = Path(__file__).resolve().parent.parent
 
 

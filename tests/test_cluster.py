@@ -488,7 +488,7 @@ def _host_id_on(cluster: LocalCluster, port: int) -> str:
 def test_ragline_publish_and_token_accept_a_cluster_url(local_cluster: LocalCluster) -> None:
     tenant = local_cluster.tenant_on(local_cluster.primary_ports()[2])
     env = {"RAGLINE_REDIS_URL": local_cluster.url, "RAGLINE_JWT_SECRET": SECRET, "PATH": ""}
-    command = [sys.executable, "-c", "from ragline.app import main; raise SystemExit(main())"]
+    command = [sys.executable, "-c", "from ragline.gateway.cli import main; raise SystemExit(main())"]
     published = subprocess.run(
         [*command, "publish", "--tenant", tenant, "--type", "order_created", "--payload", json.dumps({"order_id": "o-1"})],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=30, check=True,
