@@ -235,14 +235,17 @@ class GraphQLSocket:
     # -- what the lifecycle calls (gateway.connection.Adapter) ----------------
 
     async def expire(self) -> None:
-        with suppress(*SOCKET_GONE):
-            await self.close(closes.TOKEN_EXPIRED)
+        await self._last_words(self.close(closes.TOKEN_EXPIRED), "the token-expired close")
 
     async def drain(self) -> None:
-        """Complete every operation (their cursors flushed), then close with 1001."""
-        await self.complete_all()
-        with suppress(*SOCKET_GONE):
-            await self.close(closes.SHUTDOWN)
+        """End every operation (their cursors flushed), then say `complete` for each and close 1001."""
+        ended = await self.cancel_all()
+        await self._last_words(self._goodbye(ended, closes.SHUTDOWN), "the shutdown close")
+
+    async def _goodbye(self, operation_ids: list[str], ending: Close) -> None:
+        for operation_id in operation_ids:
+            await self.send_message({"id": operation_id, "type": "complete"})
+        await self.close(ending)
 
     # -- operations -----------------------------------------------------------
 
@@ -332,12 +335,6 @@ class GraphQLSocket:
         if tasks:
             await asyncio.wait(tasks)
         return [operation.id for operation in operations if operation is not None]
-
-    async def complete_all(self) -> None:
-        """End every operation, each with its `complete`."""
-        for operation_id in await self.cancel_all():
-            with suppress(*SOCKET_GONE):
-                await self.send_message({"id": operation_id, "type": "complete"})
 
     async def say_slow_consumer(self, operation_ids: list[str]) -> None:
         """Tell the client that these operations ended as a slow consumer, as its protocol can."""
