@@ -254,7 +254,7 @@ class Hub:
         try:
             if owner is not None:
                 await self._take_over(tenant_id, group, owner)
-            start = await self._open_group(tenant_id, group, cursor)
+            start = await self._open_group(tenant_id, group, cursor, owner)
         except REDIS_ERRORS as error:
             self._on_outage(error)
             raise Unavailable("The gateway cannot reach Redis right now; retry with 'after'") from error
@@ -280,18 +280,21 @@ class Hub:
                 await asyncio.wait_for(older.wait_closed(), self.config.takeover_wait)
         await self.store.claim_durable(tenant_id, group, owner)
 
-    async def _open_group(self, tenant_id: str, group: str, cursor: Cursor) -> str:
+    async def _open_group(self, tenant_id: str, group: str, cursor: Cursor, owner: str | None) -> str:
         """Create or reposition the group; returns the id the subscription starts after."""
-        existing = await self.store.group_position(tenant_id, group) if cursor.durable else None
+        existing = await self.store.durable_position(tenant_id, group) if owner is not None else None
         start = cursor.after if cursor.after is not None else existing
         if start is None:
             start = await self.store.stream_end(tenant_id)
         else:
             _check_not_expired(start, await self.store.bounds(tenant_id))
         if existing is None:
-            await self.store.create_group(tenant_id, group, start)
+            if owner is None:
+                await self.store.create_group(tenant_id, group, start)
+            else:
+                await self.store.create_durable(tenant_id, group, start)
         elif start != existing:
-            await self.store.move_groups([Move(tenant_id, group, start)])
+            await self.store.move_groups([Move(tenant_id, group, start, owner)])
         return start
 
     async def _close_group(self, subscriber: Subscriber) -> None:

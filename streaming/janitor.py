@@ -109,7 +109,7 @@ class Janitor:
                 report.ephemeral_removed += 1
             elif mark == keys.DURABLE_MARK and await self._durable_expired(registry, group, alive):
                 await self.redis.xgroup_destroy(key, group)
-                await self.redis.hdel(registry, f"owner:{group}", f"seen:{group}")
+                await self.redis.hdel(registry, f"owner:{group}", f"seen:{group}", f"pos:{group}")
                 report.durable_removed += 1
 
     async def _durable_expired(self, registry: str, group: str, alive: dict[str, bool]) -> bool:

@@ -105,16 +105,24 @@ async def test_an_after_id_the_stream_no_longer_holds_is_cursor_expired(
         assert [e["id"] for e in await client.collect("fresh", "events", 1)] == [stored[4]]
 
 
+@pytest.mark.parametrize("registry", ["with_position", "recorded_before_positions"])
 async def test_a_durable_subscriber_gets_exactly_what_arrived_while_it_was_away(
-    gateway: GatewayServer, redis_client: redis.Redis, tenant: str
+    gateway: GatewayServer, redis_client: redis.Redis, tenant: str, registry: str
 ) -> None:
+    """The durable registry holds the cursor's position, for a resume to read in O(1); where
+    it holds none (a cursor written before it kept them) the resume finds it all the same."""
     token = make_token(tenant)
+    group = keys.durable_group(keys.EVENTS_KIND, tenant, "u1", "kitchen")
+    durables = keys.durable_registry_key(tenant)
     async with connect(gateway.ws_url, token=token) as client:
         await client.subscribe("1", RESUME_QUERY, {"durable": "kitchen"})
         await subscribed(gateway, tenant)
         first = [publish(redis_client, tenant, "order_created", {"n": n}) for n in range(2)]
         assert [e["id"] for e in await client.collect("1", "events", 2)] == first
-    await wait_until(lambda: gateway.hub.counters.tenant(tenant).subscriptions == 0)
+    await wait_until(lambda: not redis_client.hexists(durables, f"owner:{group}"))  # released
+    assert redis_client.hget(durables, f"pos:{group}") == first[-1].encode()
+    if registry == "recorded_before_positions":
+        redis_client.hdel(durables, f"pos:{group}")
     missed = [publish(redis_client, tenant, "order_updated", {"n": n}) for n in range(3)]
     async with connect(gateway.ws_url, token=token) as client:
         await client.subscribe("1", RESUME_QUERY, {"durable": "kitchen"})
