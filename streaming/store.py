@@ -106,10 +106,6 @@ class RedisStore:
         newest = await self.redis.xrevrange(keys.events_key(tenant_id), count=1)
         return text(newest[0][0]) if newest else ZERO_ID
 
-    async def stream_start(self, tenant_id: str) -> str | None:
-        oldest = await self.redis.xrange(keys.events_key(tenant_id), count=1)
-        return text(oldest[0][0]) if oldest else None
-
     async def bounds(self, tenant_id: str) -> StreamBounds:
         try:
             info = await self.redis.xinfo_stream(keys.events_key(tenant_id))
