@@ -77,8 +77,17 @@ WS_TOKEN_EXPIRED = Close(CloseCode.POLICY_VIOLATION, "Token expired", Retry.NEW_
 WS_STREAM_ENDED = Close(CloseCode.GOING_AWAY, "Stream ended", Retry.RECONNECT)
 WS_SLOW_CONSUMER = Close(CloseCode.TRY_AGAIN_LATER, SLOW + "reconnect with last_event_id", Retry.RESUME)
 
-# Either endpoint: over a per-user or per-tenant connection limit (the reason names the limit).
-TOO_MANY_CONNECTIONS = CloseCode.TOO_MANY_REQUESTS
+
+
+# -- closes whose reason says what was wrong -----------------------------------------------
+def bad_request(reason: str) -> Close:
+    """/graphql: a malformed message, or a document that cannot be parsed."""
+    return Close(CloseCode.BAD_REQUEST, reason, Retry.NEVER)
+
+
+def too_many_connections(reason: str) -> Close:
+    """Any WebSocket endpoint: over a per-user or per-tenant connection limit (the reason names it)."""
+    return Close(CloseCode.TOO_MANY_REQUESTS, reason, Retry.LATER)
 
 
 def close_reason(text: str) -> str:

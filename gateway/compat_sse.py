@@ -104,9 +104,6 @@ class EventStream(ServerEnding, Response):
         try:
             self.connection.open(self.principal)
         except ConnectionRefused as refused:
-            self.connection.close()
-            self.runtime.metrics.refused(refused.limit)
-            logger.info("%s refused: %s", scope["path"], refused.reason)
             body = {"detail": refused.reason, "code": ErrorCode.TOO_MANY_CONNECTIONS.value}
             await JSONResponse(body, status_code=429)(scope, receive, send)
             return

@@ -133,10 +133,7 @@ async def serve_socket(websocket: WebSocket, channel: WsChannel, heartbeat: floa
     try:
         session.connection.open(principal)
     except ConnectionRefused as refused:
-        session.connection.close()
-        runtime.metrics.refused(refused.limit)
-        logger.info("%s refused: %s", websocket.url.path, refused.reason)
-        await session.close(Close(refused.code, refused.reason, closes.Retry.LATER))
+        await session.close(refused.ending)
         return
     logger.info("%s client %s of tenant %s connected", websocket.url.path, session.client_id, principal.tenant_id)
     try:

@@ -32,6 +32,7 @@ from ..resolvers.context import Principal
 from ..streaming.errors import SlowConsumer
 from . import closes
 from .closes import FINAL_WRITE_TIMEOUT, Close
+from .limits import ConnectionRefused
 from .watchdog import Writer, stalled
 
 if TYPE_CHECKING:
@@ -69,9 +70,16 @@ class Connection:
         runtime.connections.add(self)
 
     def open(self, principal: Principal) -> None:
-        """Count the authenticated connection in (ConnectionRefused, nothing counted, when
-        over a limit) and arm its expiry."""
-        self.runtime.limits.acquire(principal)
+        """Count the authenticated connection in and arm its expiry. Over a limit: the refusal
+        is counted and logged, the connection closed, and ConnectionRefused raised for the
+        adapter to tell the client."""
+        try:
+            self.runtime.limits.acquire(principal)
+        except ConnectionRefused as refused:
+            self.close()
+            self.runtime.metrics.refused(refused.limit)
+            logger.info("connection refused: %s", refused.reason)
+            raise
         self.principal = principal
         hub = self.runtime.hub
         if hub is not None:

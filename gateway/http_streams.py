@@ -174,10 +174,7 @@ class HTTPSubscriptions:
             if stream.principal is not None:
                 connection.open(stream.principal)
         except ConnectionRefused as refused:
-            connection.close()
             await stream.discard()
-            self.runtime.metrics.refused(refused.limit)
-            logger.info("HTTP subscription refused: %s", refused.reason)
             return JSONResponse(error_result(ErrorCode.TOO_MANY_CONNECTIONS, refused.reason), status_code=429)
         stream.connection = connection
         return BoundedStreamingResponse(

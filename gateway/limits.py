@@ -90,14 +90,14 @@ def too_many_subscriptions(settings: Settings) -> GatewayError:
 
 
 class ConnectionRefused(Exception):
-    """A connection over a limit; closed with `code` and `reason` (graphql-transport-ws),
-    or answered `connection_error` with `reason` (legacy graphql-ws)."""
+    """A connection over a limit: a WebSocket closes as `ending` says (legacy graphql-ws
+    sends `connection_error` with the reason first); an HTTP stream answers 429."""
 
-    def __init__(self, code: closes.CloseCode, reason: str, limit: Limit) -> None:
+    def __init__(self, reason: str, limit: Limit) -> None:
         super().__init__(reason)
-        self.code = code
         self.reason = reason
         self.limit = limit
+        self.ending = closes.too_many_connections(reason)
 
 
 
@@ -119,15 +119,9 @@ class ConnectionLimits:
         """Count the connection in, or raise ConnectionRefused (nothing counted)."""
         user = (principal.tenant_id, principal.user_id)
         if self.per_user and self._users.get(user, 0) >= self.per_user:
-            raise ConnectionRefused(
-                closes.TOO_MANY_CONNECTIONS, f"Too many connections for this user (at most {self.per_user})", Limit.USER_CONNECTIONS
-            )
+            raise ConnectionRefused(f"Too many connections for this user (at most {self.per_user})", Limit.USER_CONNECTIONS)
         if self.per_tenant and self._tenants.get(principal.tenant_id, 0) >= self.per_tenant:
-            raise ConnectionRefused(
-                closes.TOO_MANY_CONNECTIONS,
-                f"Too many connections for this tenant (at most {self.per_tenant})",
-                Limit.TENANT_CONNECTIONS,
-            )
+            raise ConnectionRefused(f"Too many connections for this tenant (at most {self.per_tenant})", Limit.TENANT_CONNECTIONS)
         self._users[user] = self._users.get(user, 0) + 1
         self._tenants[principal.tenant_id] = self._tenants.get(principal.tenant_id, 0) + 1
 

@@ -191,7 +191,7 @@ class GraphQLSocket:
     async def refuse(self, reason: str) -> None:
         """A malformed message: close 4400 with what was wrong."""
         with suppress(*SOCKET_GONE):
-            await self.close(Close(closes.CloseCode.BAD_REQUEST, reason, closes.Retry.NEVER))
+            await self.close(closes.bad_request(reason))
 
     async def connection_init(self, payload: dict[str, Any] | None) -> bool:
         """Authenticate and open the connection, or close as the catalogue says; True when acknowledged."""
@@ -206,8 +206,6 @@ class GraphQLSocket:
             await self.rejected(rejection.payload)
             return False
         except ConnectionRefused as refused:
-            self.runtime.metrics.refused(refused.limit)
-            logger.info("connection refused: %s", refused.reason)
             await self.over_limit(refused)
             return False
         await self.send_message({"type": "connection_ack"})
@@ -218,7 +216,7 @@ class GraphQLSocket:
         await self.close(closes.FORBIDDEN)
 
     async def over_limit(self, refused: ConnectionRefused) -> None:
-        await self.close(Close(refused.code, refused.reason, closes.Retry.LATER))
+        await self.close(refused.ending)
 
     async def _init_timed_out(self) -> None:
         if not self.init_received:
@@ -522,7 +520,7 @@ class TransportSocket(GraphQLSocket):
         define) is the operation's `error`."""
         if isinstance(errors[0], GraphQLSyntaxError):
             self.forget(operation.id)
-            await self.close(Close(closes.CloseCode.BAD_REQUEST, errors[0].message, closes.Retry.NEVER))
+            await self.close(closes.bad_request(errors[0].message))
             return
         await self.operation_error(operation, errors)
 
