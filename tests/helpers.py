@@ -281,6 +281,22 @@ async def error_code(client: ProtocolClient, op_id: str, timeout: float = TIMEOU
     return str(errors[0]["extensions"]["code"])
 
 
+def ready(port: int, process: Any, timeout: float = STARTUP_TIMEOUT) -> bool:
+    """Whether the gateway `process` serves on `port` (GET /readyz is 200) before it ends
+    or `timeout` passes."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
 class GatewayProcess:
     """`ragline serve` as a subprocess, for tests that kill or signal it."""
 
@@ -305,8 +321,6 @@ class GatewayProcess:
         import subprocess
         import sys
 
-        import httpx
-
         code = "from ragline.gateway.cli import main; raise SystemExit(main())"
         env = self.env
         if self.fault is not None:
@@ -316,17 +330,10 @@ class GatewayProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", code, "serve", *self.args], env=env, stdout=out, stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/readyz").status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.kill()  # a process that did not come up is not left behind
-                raise RuntimeError(Path(self.log_path).read_text())
-            time.sleep(0.1)
+        if not ready(self.port, self.process):
+            self.kill()  # a process that did not come up is not left behind
+            raise RuntimeError(Path(self.log_path).read_text())
+        return self
 
     def kill(self) -> None:
         self.process.kill()

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import httpx
 import pytest
 import websockets
 
-from helpers import EVENTS_QUERY, TRANSPORT_WS, ProtocolClient, close_of, connect
+from helpers import EVENTS_QUERY, TRANSPORT_WS, ProtocolClient, close_of, connect, ready
 from ragline.gateway.embedded import free_port
 
 pytestmark = pytest.mark.anyio
@@ -42,15 +41,7 @@ def served(cli_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, Path]
     with log.open("w") as out:
         process = subprocess.Popen([*RAGLINE, "serve"], env=cli_env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{cli_env['RAGLINE_PORT']}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
+    assert ready(int(cli_env["RAGLINE_PORT"]), process), log.read_text()
     yield base, log
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=20)

@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from helpers import SECRET, STARTUP_TIMEOUT, make_token
+from helpers import SECRET, make_token, ready
 from ragline.gateway.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,15 +73,7 @@ def test_the_installed_ragline_serves(venv: Path, redis_url: str, tmp_path: Path
     with open(tmp_path / "serve.log", "w") as log:
         process = subprocess.Popen([venv / "bin" / "ragline", "serve"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            time.sleep(0.1)
+        assert ready(port, process), (tmp_path / "serve.log").read_text()
         response = httpx.post(
             f"http://127.0.0.1:{port}/graphql",
             json={"query": "{ stats { subscriptions } }"},
