@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing, suppress
 from typing import Any, ClassVar, Protocol
 
@@ -38,6 +38,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_P
 from strawberry.types.execution import ExecutionResult, PreExecutionError
 
 from ..resolvers.context import GatewayContext
+from ..resolvers.events import DeliveryStream
 from ..resolvers.shared import Planner, SharedPlan, open_shared
 from ..schema.errors import MASKED_MESSAGE, ErrorCode, GatewayError
 from . import closes
@@ -50,6 +51,7 @@ from .logs import OPERATION_ID, new_connection_id
 from .protocol import legacy_ws_violation, transport_ws_violation
 from .runtime import Runtime
 from .watchdog import Writer, stalled
+from .wsprotocol import SEND_NOW
 
 logger = logging.getLogger(__name__)
 SUBPROTOCOLS = (GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL)
@@ -86,7 +88,9 @@ async def serve(router: Host, scope: Scope, receive: Receive, send: Send) -> Non
         await websocket.close(closes.NO_SUBPROTOCOL.code, closes.NO_SUBPROTOCOL.reason)
         return
     socket_class = TransportSocket if protocol == GRAPHQL_TRANSPORT_WS_PROTOCOL else LegacySocket
-    await socket_class(router, websocket, send, router.socket_context(websocket)).run()
+    socket = socket_class(router, websocket, send, router.socket_context(websocket))
+    socket.send_now = scope.get("extensions", {}).get(SEND_NOW)
+    await socket.run()
 
 
 def slow_consumer_error() -> GatewayError:
@@ -121,6 +125,7 @@ class GraphQLSocket:
         self.acknowledged = False
         self.closed = False
         self._send = send  # the raw ASGI send: every frame goes through `write`
+        self.send_now: Callable[[str], bool] | None = None  # the server's, when it has one (wsprotocol)
         self._task: asyncio.Task[Any] | None = None
         self._init_timer: asyncio.TimerHandle | None = None
         self._jobs: set[asyncio.Task[None]] = set()  # what timers started (an init-timeout close)
@@ -392,10 +397,23 @@ class GraphQLSocket:
                 del self.operations[operation.id]
         await self.send_message(message)
 
-    async def send_payloads(self, operation: Operation, payloads: AsyncIterator[str], head: str, writer: Writer) -> None:
+    async def send_payloads(
+        self, operation: Operation, payloads: DeliveryStream[str], head: str, writer: Writer
+    ) -> None:
         """Write each result frame of the fast path (`head` + payload + `}`); the cursor moves
         when the next payload is asked for. `send_message`'s deadline, inlined: this loop runs
-        once per event per subscriber."""
+        once per event per subscriber, unless the shared reader writes the frames itself
+        (`write_directly`): it does while this loop waits with nothing queued and the socket
+        takes a frame without waiting, so a subscriber that keeps up costs no task wake-up."""
+        send_now = self.send_now
+        if send_now is not None:
+
+            def write_now(payload: str) -> bool:
+                if operation.completed or self.closed or self._ending is not None:
+                    return False
+                return send_now(f"{head}{payload}}}")
+
+            payloads.write_directly(write_now)
         send = self._send
         clock = asyncio.get_running_loop().time
         try:

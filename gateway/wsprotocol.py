@@ -5,7 +5,8 @@ things it no longer needs: an `asyncio.Queue` for incoming ASGI events (four
 deques, ~3 KB, for what is a single-consumer inbox) and the handshake's
 request and response with their headers (~2 KB) for the socket's whole life.
 `LeanWebSocketProtocol` replaces the first with `Inbox` and drops the second
-once the 101 is sent; everything else is uvicorn's. `ragline serve`, the tests
+once the 101 is sent; everything else is uvicorn's. It also offers the gateway's
+fan-out writer a way to write a frame without awaiting (`SEND_NOW`). `ragline serve`, the tests
 and the benchmark's reference servers all run it, so they share one transport.
 """
 
@@ -16,6 +17,12 @@ from collections import deque
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
+from websockets.http11 import Request
+
+# The scope extension holding `send_now(text) -> bool`: write a text frame at once, or
+# say (False) that the socket cannot take one without waiting; ASGI's `send` awaits.
+SEND_NOW = "ragline.websocket.send_now"
 
 
 class Inbox:
@@ -62,6 +69,31 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         super().__init__(*args, **kwargs)
         self.queue = Inbox()  # type: ignore[assignment]
 
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        if not self.close_sent:
+            self.scope["extensions"][SEND_NOW] = self.send_now  # type: ignore[index]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"].pop(SEND_NOW, None)  # it refers back to the protocol
+
+    def send_now(self, text: str) -> bool:
+        """What `send` does for a `websocket.send` of `text`, when it would not wait: the
+        handshake done, no close sent, and the transport below its high-water mark."""
+        if not self.writable.is_set() or self.close_sent or self.disconnected or not self.handshake_complete:
+            return False
+        if self.initial_response is not None:
+            return False
+        try:
+            self.conn.send_text(text.encode())
+        except InvalidState:
+            return False
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
+
     def start_keepalive(self) -> None:
         # Called once the 101 response went out: the handshake is done with.
         self.request = None  # type: ignore[assignment]
@@ -74,4 +106,4 @@ def websocket_options() -> dict[str, Any]:
     return {"ws": LeanWebSocketProtocol, "ws_per_message_deflate": False}
 
 
-__all__ = ["Inbox", "LeanWebSocketProtocol", "websocket_options"]
+__all__ = ["SEND_NOW", "Inbox", "LeanWebSocketProtocol", "websocket_options"]

@@ -196,6 +196,20 @@ class DeliveryStream(AsyncIterator[T]):
         finally:
             await self._cleanup.aclose()
 
+    def write_directly(self, write: Callable[[T], bool]) -> None:
+        """Items go straight to `write` from the shared reader while the consumer waits
+        (`Deliveries.write_directly`); `write` returns False for one it cannot write now."""
+        convert, latency = self._convert, self._latency
+
+        def deliver(entry: Entry) -> bool:
+            if not write(entry if convert is None else convert(entry)):  # type: ignore[arg-type]
+                return False
+            if latency is not None:
+                latency.observe(entry)
+            return True
+
+        self._source.write_directly(deliver)
+
     def on_close(self, callback: Callable[..., object], *args: Any) -> None:
         """Run `callback(*args)` when the stream is closed."""
         self._cleanup.callback(callback, *args)

@@ -149,6 +149,7 @@ class Hub:
             yield subscriber
         finally:
             self.counters.tenant(tenant_id).subscriptions -= 1
+            subscriber.direct = None  # it refers back to the subscriber: no cycle left behind
             self._leave_feed(subscriber)
             # Shielded: a cancel that lands while the subscription is already ending (its
             # socket closed mid-write, then the handler cancels it) must not leave the group.
@@ -159,9 +160,9 @@ class Hub:
         when the consumer asks for the next one, that is after it was written."""
         return Deliveries(self, subscriber, accept)
 
-    def ack(self, subscriber: Subscriber, record: Record) -> None:
+    def ack(self, subscriber: Subscriber, record: Record, handed_out: bool = True) -> None:
         """Record that `record` was written to the client (or skipped)."""
-        if subscriber.ack(record):
+        if subscriber.ack(record, handed_out):
             self._dirty[subscriber] = None
 
     async def read_range(self, tenant_id: str, after: str, count: int) -> list[Record]:
@@ -477,6 +478,26 @@ class Deliveries:
                 return record
             counters.skipped += 1
             self._hub.ack(subscriber, record)
+
+    def write_directly(self, write: Callable[[Entry], bool]) -> None:
+        """Let the shared reader write accepted entries itself, in one pass over every
+        subscriber of the event, while this subscription's task waits with nothing queued:
+        `write(entry)` writes it now and returns True, or returns False when the connection
+        cannot take it now (that entry and what follows go to the task, which writes under
+        the deadline). An entry is acknowledged once `write` took it, a skipped one at once."""
+        hub, subscriber, accept, counters = self._hub, self._subscriber, self._accept, self._counters
+
+        def direct(record: Record) -> bool:
+            if isinstance(record, Entry) and accept(record):
+                if not write(record):
+                    return False
+                counters.delivered += 1
+            else:
+                counters.skipped += 1
+            hub.ack(subscriber, record, handed_out=False)
+            return True
+
+        subscriber.direct = direct
 
     async def aclose(self) -> None:
         """Nothing to release (the group belongs to `Hub.subscribe`); the last entry

@@ -31,6 +31,9 @@ class Feed:
 
 
 RangeReader = Callable[[str, str, int], Awaitable[list[Record]]]
+# Takes a record straight from the reader, written or skipped (True), or leaves it to the
+# consumer's own task (False): `Subscriber.direct`.
+Direct = Callable[[Record], bool]
 
 
 class Subscriber:
@@ -68,6 +71,9 @@ class Subscriber:
         self._buffer_limit = buffer_limit
         self._range_count = range_count
         self._pause = 0.0
+        # Set by the consumer: while it waits with nothing queued, the reader hands records to
+        # `direct` in its own pass (the fan-out writer) instead of waking the consumer's task.
+        self.direct: Direct | None = None
 
     @property
     def pending(self) -> int:
@@ -100,10 +106,27 @@ class Subscriber:
             fresh = [r for r in records if r.sort_key > self._tail_key]
             if not fresh:
                 return
+        if self.direct is not None and self._queue is None and self._waiter is not None and not self._waiter.done():
+            fresh = self._hand_over(self.direct, fresh)
+            if not fresh:
+                return
         if (len(self._queue) if self._queue else 0) + len(fresh) > self._buffer_limit:
             self._fall_behind()
             return
         self._append(fresh)
+
+    def _hand_over(self, direct: Direct, records: Sequence[Record]) -> Sequence[Record]:
+        """Give records to `direct` in order, without waking the consumer; what it did not
+        take (its connection cannot take a frame now) is returned, for the consumer's task."""
+        for index, record in enumerate(records):
+            try:
+                taken = direct(record)
+            except Exception:  # noqa: BLE001 (the consumer's task meets it again, and reports it)
+                taken = False
+            if not taken:
+                return records[index:]
+            self._tail, self._tail_key = record.id, record.sort_key
+        return ()
 
     def fail(self, error: StreamingError) -> None:
         """End the subscription: its next read raises `error`."""
@@ -131,9 +154,11 @@ class Subscriber:
             finally:
                 self._waiter = None
 
-    def ack(self, record: Record) -> bool:
-        """Mark `record` as written (or skipped); True when the cursor moved."""
-        self.unacked = max(0, self.unacked - 1)
+    def ack(self, record: Record, handed_out: bool = True) -> bool:
+        """Mark `record` as written (or skipped); True when the cursor moved. `handed_out`:
+        it came from `next_record` (not from the reader's pass, `direct`)."""
+        if handed_out:
+            self.unacked = max(0, self.unacked - 1)
         if record.sort_key <= self._acked_key:
             return False
         self.acked = record.id
