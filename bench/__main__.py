@@ -20,7 +20,15 @@ from bench.config import BenchConfig, build_parser, config_from_args
 from bench.report import print_summary, write_chart, write_json
 from bench.results import LOADER_BUSY, RunResult, to_jsonable
 from bench.rig import Rig, build_rig
-from bench.scenarios import ScenarioResults, churn_run, idle_run, stalled_run, throughput_run
+from bench.scenarios import (
+    ScenarioResults,
+    churn_run,
+    idle_run,
+    stalled_run,
+    storm_run,
+    storm_unsupported,
+    throughput_run,
+)
 from bench.servers import TargetSpec, raise_nofile_limit, select_targets
 from bench.topology import chosen_topologies
 from ragline.streaming.connections import is_cluster_url
@@ -107,6 +115,33 @@ async def run_scenario(
             )
 
 
+async def run_storm(rig: Rig, specs: list[TargetSpec], results: ScenarioResults) -> None:
+    """Each storm size on every target that has durable cursors; the others are skipped."""
+    capable = []
+    for spec in specs:
+        reason = storm_unsupported(spec)
+        if reason:
+            logger.info("storm: skipping %s: %s", spec.name, reason)
+            results.skipped[f"{spec.name} (storm)"] = reason
+        else:
+            capable.append(spec)
+    for subs in rig.config.storm_subs:
+        for spec in capable:
+            logger.info("== storm %s: %s clients on %s", spec.name, subs, rig.topology.label)
+            try:
+                results.storm.append(
+                    {**await storm_run(rig, spec, subs), "redis": rig.topology.label}
+                )
+            except Exception as exc:
+                logger.exception("storm %s failed", spec.name)
+                results.failures.append(
+                    {
+                        "what": f"storm {spec.name} N={subs} on {rig.topology.label}",
+                        "error": f"{type(exc).__name__}: {exc}",
+                    }
+                )
+
+
 async def run(
     config: BenchConfig, out_dir: Path, stamp: str
 ) -> tuple[ScenarioResults, dict[str, Any]]:
@@ -124,6 +159,8 @@ async def run(
             for name in ("idle", "stalled", "churn"):
                 if name in config.scenarios:
                     await run_scenario(rig, name, specs, results)
+            if "storm" in config.scenarios:
+                await run_storm(rig, specs, results)
     meta["seconds"] = time.monotonic() - meta.pop("_started")
     return results, meta
 
@@ -175,6 +212,7 @@ def describe(config: BenchConfig, stamp: str) -> dict[str, Any]:
             "redis_connections": "CLIENT LIST entries on every node not named bench-* nor replication links, max of after-prime and after-steady",
             "redis_topology": "each run's `redis` names an entry of meta.redis; clusters started by the harness are fresh per topology (tests/cluster.py)",
             "rss_per_sub": "(tree RSS with S primed subs - RSS before connecting) / S",
+            "storm": "N users, one durable events subscription each, one tenant; caught up = every client has every stream entry after the last id it had received before leaving; resume CPU and Redis commands from the first reconnect until all caught up + settle_seconds, per resume = / clients reconnected; already_seen = distinct ids a client got on resume that it had got before leaving; lost = expected ids never got",
             "machine_cpu": "psutil.cpu_times over all cores, busy (total - idle - iowait) delta / total delta, from before a phase's first publish until every load process reported",
             "client_bound": f"a phase is flagged (loaders_busy) when a load process used more than {LOADER_BUSY:.0%} of a core over it, in every phase; and ceiling rate >= subject rate",
         },

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bench.servers import REPO_ROOT, TargetSpec, parse_target
 
-SCENARIOS = ("throughput", "idle", "stalled", "churn")
+SCENARIOS = ("throughput", "idle", "stalled", "churn", "storm")
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,11 @@ class BenchConfig:
     churn_concurrency: int = 50  # per load process
     churn_tenants: int = 10
     churn_rate: float = 200.0  # trickle events/s so each cycle sees one event
+    # storm: N durable subscribers leave in batches, then all reconnect at once
+    storm_subs: tuple[int, ...] = (1000,)
+    storm_batches: int = 10  # leave batches
+    storm_batch_events: int = 4  # events published after each batch leaves
+    storm_gone_events: int = 20  # more events published with everyone gone
     # waiting
     idle_timeout: float = 10.0  # give up on a phase after this long without progress
     phase_timeout: float = 600.0
@@ -77,6 +82,7 @@ QUICK: dict[str, object] = {
     "stalled_events": 300,
     "churn_cycles": 600,
     "churn_warmup": 200,
+    "storm_subs": (200,),
     "idle_timeout": 5.0,
     "settle_seconds": 0.5,
 }
@@ -147,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--churn-concurrency", type=int)
     add("--churn-tenants", type=int)
     add("--churn-rate", type=float)
+    add("--storm-subs", type=_ints, help="comma list of storm client counts (one user each)")
+    add("--storm-batches", type=int, help="storm: batches the clients leave in")
+    add("--storm-batch-events", type=int, help="storm: events published after each batch leaves")
+    add("--storm-gone-events", type=int, help="storm: events published once all have left")
     add("--idle-timeout", type=float)
     add("--phase-timeout", type=float)
     add("--settle-seconds", type=float)

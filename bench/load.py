@@ -5,7 +5,9 @@ Each subscription is one WebSocket connection (compression off) carrying one
 is receipt time minus the millisecond in the entry id. Per subscription the
 entry ids are checked for order and duplicates, and the distinct ids of the
 current phase are counted against what the publisher says it appended, which
-gives losses. The orchestrator drives this process over stdin (bench.rpc);
+gives losses. The storm scenario's clients (`storm_*` commands) are kept apart:
+one durable subscription per user, the ids each got before leaving and after
+coming back. The orchestrator drives this process over stdin (bench.rpc);
 run as `python -m bench.load`.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import os
 import socket
@@ -29,8 +32,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from bench import rpc
 from bench.metrics import LatencyHistogram, self_cpu_seconds
 from bench.protocol import (
+    STORM_QUERY,
     SUBPROTOCOL,
     MessageType,
+    complete_message,
     init_message,
     make_token,
     subscribe_message,
@@ -493,6 +498,390 @@ async def _first_next(ws: ClientConnection, timeout: float) -> bool:
     return False
 
 
+# -- the storm: durable subscribers that leave in batches and all come back at once --------
+
+STORM_SUBSCRIBE_TEXT = orjson.dumps(subscribe_message(STORM_QUERY)).decode()
+COMPLETE_TEXT = orjson.dumps(complete_message()).decode()
+STORM_POLL_S = 0.05
+NO_KEY = (-1, -1)
+
+
+def id_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as a sortable (millis, seq)."""
+    millis, _, seq = entry_id.partition("-")
+    return int(millis), int(seq or 0)
+
+
+class StormClient:
+    """One storm user: its own connection and durable subscription, and the ids it got on
+    its first connection (`before`) and on the one it reconnected with (`after`)."""
+
+    def __init__(self, index: int, batch: int, token: str, storm: Storm) -> None:
+        self.index = index
+        self.batch = batch
+        self.token = token
+        self.storm = storm
+        self.ws: ClientConnection | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.resumed = False  # frames count as `after` once it reconnects
+        self.before: list[str] = []
+        self.after: list[str] = []
+        self.last_key = NO_KEY  # the newest id received on the first connection
+        self.first_rx: float | None = None
+        self.live = False  # its socket is open
+        self.closing = False  # we are closing it (not the server)
+        self.left = False
+        self.close_code: int | None = None
+        self.expected: set[str] = set()  # on resume: the stream's ids after last_key
+        self.missing: set[str] = set()  # ... not received yet
+        self.done_at: float | None = None
+
+    async def connect(self, url: str) -> None:
+        """Connect, init, wait for the ack, subscribe; retried a few times."""
+        error: Exception | None = None
+        for attempt in range(CONNECT_ATTEMPTS):
+            ws = None
+            try:
+                ws = await connect(url, **ws_options(stalled=False))
+                await ws.send(orjson.dumps(init_message(self.token)).decode())
+                reply = orjson.loads(await asyncio.wait_for(ws.recv(), 60))
+                if reply.get("type") != MessageType.CONNECTION_ACK.value:
+                    raise ProtocolViolation(f'Expected "connection_ack", but got {reply!r:.200}')
+                await ws.send(STORM_SUBSCRIBE_TEXT)
+            except (
+                TimeoutError,
+                OSError,
+                InvalidHandshake,
+                ConnectionClosed,
+                ProtocolViolation,
+            ) as exc:
+                error = exc
+                if ws is not None:
+                    with contextlib.suppress(Exception):
+                        await ws.close()
+                await asyncio.sleep(0.2 * (attempt + 1))
+                continue
+            self.ws, self.live, self.closing = ws, True, False
+            self.task = asyncio.create_task(self.receive(ws))
+            return
+        assert error is not None
+        raise error
+
+    async def receive(self, ws: ClientConnection) -> None:
+        try:
+            async for raw in ws:
+                if self.storm.on_frame(self, raw, time.time()) == MessageType.PING.value:
+                    await ws.send(PONG_TEXT)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.close_code = ws.close_code
+            self.live = False
+            self.storm.on_closed(self)
+
+    async def leave(self) -> None:
+        """Leave cleanly: `complete` the operation, then close the socket normally (1000).
+        Frames that arrive before the close completes still count as received."""
+        self.left = True
+        await self.close(complete=True)
+
+    async def close(self, complete: bool = False) -> None:
+        self.closing = True
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                if complete:
+                    await self.ws.send(COMPLETE_TEXT)
+                await self.ws.close(1000)
+        if self.task is not None:
+            with contextlib.suppress(BaseException):
+                await self.task
+
+
+class Storm:
+    """This process's storm clients and the bookkeeping of their ids."""
+
+    def __init__(self) -> None:
+        self.clients: list[StormClient] = []
+        self.stream_ids: list[str] = []
+        self.errors: list[str] = []
+        self.server_closed = 0
+        self.last_any_rx = 0.0
+
+    def note_error(self, text: str) -> None:
+        if len(self.errors) < ERROR_SAMPLES:
+            self.errors.append(text[:300])
+
+    def on_frame(self, client: StormClient, raw: str | bytes, now: float) -> str:
+        self.last_any_rx = now
+        message = orjson.loads(raw)
+        kind = message.get("type")
+        if kind != MessageType.NEXT.value:
+            if kind in (MessageType.ERROR.value, MessageType.COMPLETE.value):
+                self.note_error(f"storm client {client.index}: {message!r}")
+            return str(kind)
+        data = (message.get("payload") or {}).get("data") or {}
+        event = data.get("events")
+        if not isinstance(event, dict) or "id" not in event:
+            self.note_error(f"storm client {client.index}: {message!r}")
+            return str(kind)
+        entry_id = str(event["id"])
+        if client.resumed:
+            client.after.append(entry_id)
+            if entry_id in client.missing:
+                client.missing.discard(entry_id)
+                if not client.missing:
+                    client.done_at = now
+        else:
+            client.before.append(entry_id)
+            client.last_key = max(client.last_key, id_key(entry_id))
+            if client.first_rx is None:
+                client.first_rx = now
+        return str(kind)
+
+    def on_closed(self, client: StormClient) -> None:
+        if not client.closing:
+            self.server_closed += 1
+            self.note_error(
+                f"storm client {client.index} closed by server, code {client.close_code}"
+            )
+
+
+STORM = Storm()
+
+
+async def storm_open(
+    url: str, secret: str, tenant: str, clients: list[dict[str, int]], concurrency: int
+) -> dict[str, Any]:
+    """Open the storm's clients, each user `storm-user-<index>` with its own connection,
+    all at once (at most `concurrency` handshakes in flight)."""
+    started = time.monotonic()
+    gate = asyncio.Semaphore(concurrency)
+    new = [
+        StormClient(
+            c["index"], c["batch"], make_token(secret, tenant, f"storm-user-{c['index']}"), STORM
+        )
+        for c in clients
+    ]
+    STORM.clients.extend(new)
+
+    async def open_one(client: StormClient) -> None:
+        async with gate:
+            await client.connect(url)
+
+    results = await asyncio.gather(*(open_one(c) for c in new), return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    for exc in failed[:ERROR_SAMPLES]:
+        STORM.note_error(f"storm connect failed: {type(exc).__name__}: {exc}")
+    return {
+        "opened": len(new) - len(failed),
+        "failed": len(failed),
+        "seconds": time.monotonic() - started,
+    }
+
+
+async def storm_status() -> dict[str, Any]:
+    """rig.prime's view (open clients without a first event), and when the last of them
+    got its first event."""
+    live = [c for c in STORM.clients if c.live]
+    waiting = [c for c in live if c.first_rx is None]
+    firsts = [c.first_rx for c in STORM.clients if c.first_rx is not None]
+    quiet_s = time.time() - STORM.last_any_rx if STORM.last_any_rx else None
+    return {
+        "unprimed": len(waiting),
+        "open": len(live),
+        "sample": [f"storm client {c.index}" for c in waiting[:ERROR_SAMPLES]],
+        "quiet_s": quiet_s,
+        "last_first_rx": max(firsts, default=None),
+    }
+
+
+async def storm_leave(batch: int, concurrency: int) -> dict[str, Any]:
+    """The clients of this leave batch leave cleanly, all at once."""
+    started = time.monotonic()
+    gate = asyncio.Semaphore(concurrency)
+    leaving = [c for c in STORM.clients if c.batch == batch and not c.left]
+
+    async def leave_one(client: StormClient) -> None:
+        async with gate:
+            await client.leave()
+
+    await asyncio.gather(*(leave_one(c) for c in leaving))
+    return {
+        "left": len(leaving),
+        "seconds": time.monotonic() - started,
+        "received": [len(c.before) for c in leaving],
+    }
+
+
+async def storm_wait(last_id: str, idle_timeout: float, timeout: float) -> dict[str, Any]:
+    """Wait until every client still connected has received `last_id` (so the amounts each
+    batch had before leaving are well defined), or progress stops."""
+    target = id_key(last_id)
+    started = time.time()
+    while True:
+        waiting = [c for c in STORM.clients if c.live and not c.left and c.last_key < target]
+        now = time.time()
+        if not waiting:
+            break
+        if now - max(STORM.last_any_rx, started) > idle_timeout or now - started > timeout:
+            logger.warning("storm: %s clients never got %s", len(waiting), last_id)
+            break
+        await asyncio.sleep(STORM_POLL_S)
+    return {"waiting": len(waiting), "seconds": time.time() - started}
+
+
+async def storm_resume(
+    url: str,
+    stream_ids: list[str],
+    concurrency: int,
+    idle_timeout: float,
+    timeout: float,
+) -> dict[str, Any]:
+    """Every client reconnects at once (same user, same durable name, no `after`); returns
+    when each has every stream entry after the last one it had received, or progress stops.
+    `done_at` is when the last of them got there (wall clock)."""
+    started = time.time()
+    cpu_start = self_cpu_seconds()
+    STORM.stream_ids = stream_ids
+    keyed = [(id_key(i), i) for i in stream_ids]
+    for client in STORM.clients:
+        client.resumed = True
+        client.after = []
+        # A client that never got an event has no position to check a resume against.
+        client.expected = {i for k, i in keyed if k > client.last_key} if client.before else set()
+        client.missing = set(client.expected)
+        client.done_at = None if client.missing else started
+    gate = asyncio.Semaphore(concurrency)
+    progress = started
+
+    async def reopen(client: StormClient) -> None:
+        nonlocal progress
+        async with gate:
+            await client.connect(url)
+        progress = max(progress, time.time())
+
+    connecting = asyncio.gather(*(reopen(c) for c in STORM.clients), return_exceptions=True)
+    while True:
+        if connecting.done():
+            pending = [c for c in STORM.clients if c.missing and c.live]
+            if not pending:
+                break
+        now = time.time()
+        if now - max(progress, STORM.last_any_rx) > idle_timeout or now - started > timeout:
+            logger.warning(
+                "storm: giving up with %s clients not caught up",
+                sum(1 for c in STORM.clients if c.missing),
+            )
+            break
+        await asyncio.sleep(STORM_POLL_S)
+    results = await connecting
+    connect_s = progress - started
+    failed = [r for r in results if isinstance(r, BaseException)]
+    for exc in failed[:ERROR_SAMPLES]:
+        STORM.note_error(f"storm reconnect failed: {type(exc).__name__}: {exc}")
+    caught_up = [c for c in STORM.clients if not c.missing]
+    done = [c.done_at for c in caught_up if c.done_at is not None]
+    return {
+        "clients": len(STORM.clients),
+        "opened": len(STORM.clients) - len(failed),
+        "failed": len(failed),
+        "connect_s": connect_s,
+        "caught_up": len(caught_up),
+        "done_at": max(done, default=None),
+        "started": started,
+        "cpu_s": self_cpu_seconds() - cpu_start,
+        "wall_s": time.time() - started,
+    }
+
+
+async def storm_report() -> dict[str, Any]:
+    """Per client: what the resume sent again, missed, doubled or reordered; summed, by
+    leave batch, with a few samples."""
+    totals: dict[str, int] = dict.fromkeys(
+        (
+            "clients",
+            "never_primed",
+            "expected",
+            "received",
+            "already_seen",
+            "clients_already_seen",
+            "lost",
+            "clients_lost",
+            "duplicates",
+            "out_of_order",
+            "unexpected",
+            "gaps_before",
+        ),
+        0,
+    )
+    by_batch: dict[int, dict[str, int]] = {}
+    samples: list[str] = []
+    position = {entry_id: n for n, entry_id in enumerate(STORM.stream_ids)}
+    for client in STORM.clients:
+        totals["clients"] += 1
+        if not client.before:
+            totals["never_primed"] += 1
+            continue
+        before = set(client.before)
+        got = set(client.after)
+        again = got & before
+        lost = client.expected - got
+        keys = [id_key(i) for i in client.after]
+        known = [position[i] for i in before if i in position]
+        gaps = (
+            sum(1 for i in STORM.stream_ids[min(known) : max(known) + 1] if i not in before)
+            if known
+            else 0
+        )
+        row = {
+            "expected": len(client.expected),
+            "received": len(got & client.expected),
+            "already_seen": len(again),
+            "clients_already_seen": int(bool(again)),
+            "lost": len(lost),
+            "clients_lost": int(bool(lost)),
+            "duplicates": len(client.after) - len(got),
+            "out_of_order": sum(1 for a, b in itertools.pairwise(keys) if b < a),
+            "unexpected": len(got - before - client.expected),
+            "gaps_before": gaps,
+        }
+        for name, value in row.items():
+            totals[name] += value
+        batch = by_batch.setdefault(client.batch, dict.fromkeys(("clients", "received_before"), 0))
+        batch["clients"] += 1
+        batch["received_before"] += len(before)
+        for name in ("already_seen", "lost", "duplicates"):
+            batch[name] = batch.get(name, 0) + row[name]
+        if (again or lost) and len(samples) < ERROR_SAMPLES:
+            samples.append(
+                f"storm-user-{client.index} (batch {client.batch}): had {len(before)} up to"
+                f" {client.before[-1]}; on resume got {len(client.after)}"
+                f" (first {client.after[0] if client.after else '-'}),"
+                f" again {sorted(again, key=id_key)[:3]}, lost {sorted(lost, key=id_key)[:3]}"
+            )
+    return {
+        **totals,
+        "by_batch": by_batch,
+        "samples": samples,
+        "server_closed": STORM.server_closed,
+        "errors": list(STORM.errors),
+    }
+
+
+async def storm_close() -> dict[str, Any]:
+    """Close every storm client and forget them."""
+    clients, STORM.clients = STORM.clients, []
+    gate = asyncio.Semaphore(500)
+
+    async def close_one(client: StormClient) -> None:
+        async with gate:
+            await client.close()
+
+    await asyncio.gather(*(close_one(c) for c in clients))
+    STORM.stream_ids, STORM.errors, STORM.server_closed = [], [], 0
+    return {"closed": len(clients)}
+
+
 async def hello() -> dict[str, Any]:
     return {"pid": os.getpid()}
 
@@ -506,6 +895,13 @@ HANDLERS: dict[str, rpc.Handler] = {
     "stall": stall,
     "close_all": close_all,
     "churn": churn,
+    "storm_open": storm_open,
+    "storm_status": storm_status,
+    "storm_leave": storm_leave,
+    "storm_wait": storm_wait,
+    "storm_resume": storm_resume,
+    "storm_report": storm_report,
+    "storm_close": storm_close,
 }
 
 

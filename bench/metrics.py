@@ -292,6 +292,13 @@ class RedisMonitor:
             total += sum(1 for g in groups if str(g["name"]).startswith(prefix))
         return total
 
+    async def stream_ids(self, tenant: str) -> list[str]:
+        """Every entry id in a tenant's stream, oldest first (the storm's few dozen entries)."""
+        key = stream_key(tenant)
+        self.own_calls["xrange"] += 1
+        entries = await self.clients[self.owner(key).address].xrange(key)
+        return [str(entry_id) for entry_id, _ in entries or []]
+
     def owner(self, key: str) -> RedisNode:
         """The primary that holds `key`."""
         return next(node for node in self.primaries if node.serves(key))

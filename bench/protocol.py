@@ -21,6 +21,9 @@ JWT_ALGORITHM = "HS256"
 # a gateway share one execution per tenant, so the benchmark must not vary it.
 EVENTS_QUERY = "subscription { events { id type tenantId occurredAt payload } }"
 OPERATION_ID = "1"
+# The storm scenario's clients: a durable cursor each (the name is scoped per user).
+STORM_DURABLE = "storm"
+STORM_QUERY = f'subscription {{ events(durable: "{STORM_DURABLE}") {{ id type }} }}'
 
 # The harness names its own Redis connections with this prefix so that
 # CLIENT LIST can tell them apart from the server's connections.
@@ -94,13 +97,18 @@ def init_message(token: str) -> dict[str, Any]:
     }
 
 
-def subscribe_message() -> dict[str, Any]:
-    """The subscribe message every benchmark client sends."""
+def subscribe_message(query: str = EVENTS_QUERY) -> dict[str, Any]:
+    """The subscribe message every benchmark client sends (the storm's sends STORM_QUERY)."""
     return {
         "id": OPERATION_ID,
         "type": MessageType.SUBSCRIBE.value,
-        "payload": {"query": EVENTS_QUERY},
+        "payload": {"query": query},
     }
+
+
+def complete_message() -> dict[str, Any]:
+    """The client's `complete`: it ends the operation, leaving the socket open."""
+    return {"id": OPERATION_ID, "type": MessageType.COMPLETE.value}
 
 
 def entry_millis(entry_id: str) -> int:

@@ -44,6 +44,7 @@ class Tally:
     t_end: float = 0.0
     max_lag_s: float = 0.0
     cpu_start: float = field(default_factory=self_cpu_seconds)
+    last_id: str | None = None  # the entry id of the last append (the storm waits for it)
 
     def report(self) -> dict[str, Any]:
         total = sum(self.counts.values())
@@ -57,6 +58,7 @@ class Tally:
             "rate": total / elapsed,
             "max_lag_s": self.max_lag_s,
             "cpu_s": self_cpu_seconds() - self.cpu_start,
+            "last_id": self.last_id,
         }
 
 
@@ -93,7 +95,10 @@ class Publisher:
                 tenant = tenants[n % len(tenants)]
                 pipe.xadd(stream_key(tenant), self.fields(tenant, phase, pad))  # type: ignore[arg-type]
                 tally.counts[tenant] = tally.counts.get(tenant, 0) + 1
-            await pipe.execute()
+            replies = await pipe.execute()
+            if replies:
+                last = replies[-1]
+                tally.last_id = last.decode() if isinstance(last, bytes) else str(last)
 
     async def paced(
         self,

@@ -353,6 +353,64 @@ def scenario_tables(results: ScenarioResults) -> str:
     return "\n".join(lines)
 
 
+def storm_table(storms: list[dict[str, Any]]) -> str:
+    """One line per storm run: the first subscribe, then the resume of every durable cursor."""
+    head = (
+        f"{'server':<9} {'redis':<17} {'N':>6} {'live s':>7} {'sub cpu':>8} "
+        f"{'caught s':>9} {'res cpu':>8} {'ms/res':>7} {'cmd/res':>8} "
+        f"{'seen again':>10} {'lost':>6} {'dups':>5} {'failed':>6} {'box%':>5}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in storms:
+        first, resume = r["first_subscribe"], r["resume"]
+        caught = resume["all_caught_up_s"]
+        lines.append(
+            f"{r['server']:<9} {r['redis']:<17} {r['subs']:>6} "
+            f"{_num(first['live_s']):>7} {_num(first['cpu_s']):>8} "
+            f"{_num(caught) if caught is not None else 'TIMEOUT':>9} {_num(resume['cpu_s']):>8} "
+            f"{_num(resume['cpu_ms_per_resume']):>7} {_num(resume['cmds_per_resume']):>8} "
+            f"{r['already_seen']:>10} {r['lost']:>6} {r['duplicates']:>5} "
+            f"{first['failed'] + resume['failed']:>6} {_pct(resume['machine_cpu_util']):>5}"
+        )
+    return "\n".join(lines)
+
+
+def storm_notes(storms: list[dict[str, Any]]) -> list[str]:
+    """What a storm run saw besides the table's numbers: who got events again or missed
+    them (by leave batch), reordering, errors."""
+    notes = []
+    for r in storms:
+        name = f"{r['server']} N={r['subs']} ({r['redis']})"
+        opened = r["resume"]["opened"]
+        if opened:
+            by_command = sorted(r["resume"]["redis_commands"].items(), key=lambda kv: -kv[1])
+            notes.append(
+                f"{name}: Redis commands per resume: "
+                + ", ".join(f"{cmd} {n / opened:.2f}" for cmd, n in by_command)
+            )
+        if r["already_seen"] or r["lost"]:
+            batches = ", ".join(
+                f"{b}: {row['already_seen']}/{row['lost']}" for b, row in r["by_batch"].items()
+            )
+            notes.append(
+                f"{name}: {r['clients_already_seen']} clients got already-seen events again,"
+                f" {r['clients_lost']} lost some; by leave batch (again/lost) {batches}"
+            )
+            notes.extend(f"  e.g. {sample}" for sample in r["samples"][:3])
+        odd = {
+            k: r[k]
+            for k in ("out_of_order", "unexpected", "gaps_before", "never_primed", "server_closed")
+            if r.get(k)
+        }
+        if odd or r["resume"]["caught_up"] < r["resume"]["clients"]:
+            notes.append(
+                f"{name}: caught up {r['resume']['caught_up']}/{r['resume']['clients']}"
+                + "".join(f", {k} {v}" for k, v in odd.items())
+            )
+        notes.extend(f"{name}: {error}" for error in r["errors"][:3])
+    return notes
+
+
 def _gauge_totals(gauges: dict[str, float]) -> dict[str, float]:
     """Prometheus samples summed over their labels, for a one-line summary."""
     totals: dict[str, float] = defaultdict(float)
@@ -424,6 +482,7 @@ def write_json(path: Path, meta: dict[str, Any], results: ScenarioResults, subje
         "idle": to_jsonable(results.idle),
         "stalled": to_jsonable(results.stalled),
         "churn": to_jsonable(results.churn),
+        "storm": to_jsonable(results.storm),
         "checks": to_jsonable(checks(results, subject)),
         "skipped": results.skipped,
         "failures": results.failures,
@@ -486,6 +545,18 @@ def print_summary(results: ScenarioResults, subject: str) -> None:
     extra = scenario_tables(results)
     if extra:
         print("\n" + extra)
+    if results.storm:
+        print(
+            "\nReconnect storm (N users, one durable cursor each, on one tenant; live s = first"
+            " subscribe until all N got an event; sub cpu = server CPU s over it; caught s ="
+            " reconnect until every client had every event after its last; res cpu = server CPU s"
+            " over the resume; ms/res, cmd/res = server CPU ms and Redis commands per resume;"
+            " seen again = events a client got again that it had before leaving; lost = events"
+            " a client never got; dups = duplicates within the resume; box% = whole machine)\n"
+        )
+        print(storm_table(results.storm))
+        for note in storm_notes(results.storm):
+            print(note)
     found = checks(results, subject)
     evaluated = [c for c in found if c.passed is not None]
     if evaluated:

@@ -47,11 +47,13 @@ class Rig:
         return [self.publisher.pid, *(l.pid for l in self.loaders)]
 
     @contextlib.asynccontextmanager
-    async def target(self, spec: TargetSpec, label: str) -> AsyncIterator[TargetServer]:
+    async def target(
+        self, spec: TargetSpec, label: str, extra_env: dict[str, str] | None = None
+    ) -> AsyncIterator[TargetServer]:
         """A fresh target on an empty Redis; stopped however the run ends."""
         await self.monitor.flush()
         server = await start_target(
-            spec, self.config.workers, self.redis_url, self.secret, self.log_dir, label
+            spec, self.config.workers, self.redis_url, self.secret, self.log_dir, label, extra_env
         )
         try:
             yield server
@@ -82,19 +84,24 @@ class Rig:
         logger.info("opened %s subscriptions (%s failed) in %.1fs", opened, failed, seconds)
         return {"opened": opened, "failed": failed, "seconds": seconds}
 
-    async def prime(self, tenants: list[str], timeout: float = 60.0) -> int:
+    async def prime(
+        self, tenants: list[str], timeout: float = 60.0, state: str = "unprimed", quiet: bool = True
+    ) -> int:
         """Publish one event per tenant until every open subscription got one.
 
         graphql-transport-ws has no "subscribed" message, so a first event is
         the only proof that the server's side of a subscription is live.
         Primes are re-published only when priming stops advancing, so a slow
         server is not buried under a backlog of them. Returns how many never
-        got one (they then show up as losses).
+        got one (they then show up as losses). `state` is the load processes'
+        command that counts the unprimed ("storm_status" for the storm's
+        clients); with quiet=False it returns as soon as all are primed,
+        without waiting for the backlog to drain (the caller does that).
         """
         deadline = time.monotonic() + timeout
         last_waiting = -1
         while True:
-            states = await self._prime_states()
+            states = await self._prime_states(state)
             waiting = int(sum(s["unprimed"] for s in states))
             if waiting == 0:
                 break
@@ -108,17 +115,18 @@ class Rig:
                 await self.publisher.call("prime", tenants=tenants)
             last_waiting = waiting
             await asyncio.sleep(PRIME_INTERVAL_S)
-        await self.wait_quiet(timeout=max(0.0, deadline - time.monotonic()) + 30)
+        if quiet:
+            await self.wait_quiet(timeout=max(0.0, deadline - time.monotonic()) + 30, state=state)
         return 0
 
-    async def _prime_states(self) -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*(l.call("unprimed") for l in self.loaders)))
+    async def _prime_states(self, state: str = "unprimed") -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(l.call(state) for l in self.loaders)))
 
-    async def wait_quiet(self, timeout: float) -> None:
+    async def wait_quiet(self, timeout: float, state: str = "unprimed") -> None:
         """Wait until no frame arrived for settle_seconds: the server has drained its backlog."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            states = await self._prime_states()
+            states = await self._prime_states(state)
             quiet = min((s["quiet_s"] for s in states if s["quiet_s"] is not None), default=None)
             if quiet is None or quiet >= self.config.settle_seconds:
                 return

@@ -1,4 +1,4 @@
-"""The four scenarios: throughput matrix, idle memory, stalled clients, churn.
+"""The five scenarios: throughput matrix, idle memory, stalled clients, churn, reconnect storm.
 
 Each takes the rig and one target spec and returns plain results; failures of
 one run are recorded in its result rather than ending the invocation, so the
@@ -8,14 +8,17 @@ other servers still get measured.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import re
 import statistics
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.metrics import ProcessTree
+from bench.metrics import MachineCpu, ProcessTree, server_commands
 from bench.protocol import tenant_name
 from bench.results import PhaseResult, RunResult, sweep_phase
 from bench.rig import Rig, plan_subscriptions
@@ -294,6 +297,266 @@ def scrape_gauges(base_url: str) -> dict[str, float]:
     return gauges
 
 
+# -- storm: N durable subscribers leave in batches, then all reconnect at once ------------
+
+STORM_PRIME_TIMEOUT_S = 120.0
+# The gateway's per-process limit of WebSockets per tenant; the storm puts N on one tenant.
+TENANT_LIMIT_VARIABLE = "RAGLINE_MAX_CONNECTIONS_PER_TENANT"
+REFERENCE_MODULES = ("bench.naive", "bench.ceiling")
+
+
+def storm_unsupported(spec: TargetSpec) -> str | None:
+    """Why a target cannot run the storm: the reference servers have no durable cursors."""
+    if any(part in REFERENCE_MODULES for part in spec.argv):
+        return "no durable cursors (a reference server)"
+    return None
+
+
+def storm_env(subs: int) -> dict[str, str]:
+    """Raise the gateway's per-tenant connection limit when N (with room for sockets of
+    leaving clients not yet counted out) would reach it; nothing otherwise."""
+    need = 2 * subs
+    default = _gateway_default("max_connections_per_tenant")
+    if isinstance(default, int) and (default == 0 or need <= default):
+        return {}
+    return {TENANT_LIMIT_VARIABLE: str(need)}
+
+
+def _gateway_default(name: str) -> object:
+    try:
+        from ragline.gateway.settings import Settings
+    except ImportError:
+        return None
+    return next((f.default for f in dataclasses.fields(Settings) if f.name == name), None)
+
+
+def plan_storm(subs: int, loaders: int, batches: int) -> list[list[dict[str, int]]]:
+    """Client i goes to load process i mod L and leaves in batch i * B div N (so every
+    batch spans every load process)."""
+    plan: list[list[dict[str, int]]] = [[] for _ in range(loaders)]
+    for i in range(subs):
+        plan[i % loaders].append({"index": i, "batch": i * batches // subs})
+    return plan
+
+
+async def storm_run(rig: Rig, spec: TargetSpec, subs: int) -> dict[str, Any]:
+    """First subscribe, leave in batches while events are published, publish more with
+    everyone gone, then every client resumes its durable cursor at once."""
+    config = rig.config
+    tenant = tenant_name(0)
+    extra_env = storm_env(subs)
+    async with rig.target(spec, f"{spec.name}-storm-{subs}", extra_env) as server:
+        tree = ProcessTree(server.pid)
+        try:
+            first = await storm_first_subscribe(rig, server, tree, tenant, subs)
+            leave = await storm_leave(rig, tenant)
+            await rig.publisher.call(
+                "burst",
+                tenants=[tenant],
+                events_per_tenant=config.storm_gone_events,
+                phase="storm-gone",
+            )
+            await asyncio.sleep(config.settle_seconds)
+            stream_ids = await rig.monitor.stream_ids(tenant)
+            resume = await storm_resume(rig, server, tree, stream_ids)
+            await asyncio.sleep(config.settle_seconds)  # late frames: duplicates, resends
+            reports = await asyncio.gather(*(l.call("storm_report") for l in rig.loaders))
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*(l.call("storm_close") for l in rig.loaders))
+    outcome = storm_outcome(reports)
+    logger.info(
+        "storm %s N=%s: caught up in %ss, %s already-seen resent, %s lost, %s duplicates",
+        spec.name,
+        subs,
+        _fmt_s(resume["all_caught_up_s"]),
+        outcome["already_seen"],
+        outcome["lost"],
+        outcome["duplicates"],
+    )
+    return {
+        "server": spec.name,
+        "subs": subs,
+        "tenant": tenant,
+        "workers": server.workers,
+        "target_env": extra_env,
+        "batches": config.storm_batches,
+        "batch_events": config.storm_batch_events,
+        "gone_events": config.storm_gone_events,
+        "stream_entries": len(stream_ids),
+        "first_subscribe": first,
+        "leave": leave,
+        "resume": resume,
+        **outcome,
+    }
+
+
+async def storm_first_subscribe(
+    rig: Rig, server: TargetServer, tree: ProcessTree, tenant: str, subs: int
+) -> dict[str, Any]:
+    """All N subscribe at once; live = each got a first event (primes published until then)."""
+    config = rig.config
+    plan = plan_storm(subs, len(rig.loaders), config.storm_batches)
+    cpu_before = tree.cpu_seconds()
+    started = time.time()
+    replies = await asyncio.gather(
+        *(
+            loader.call(
+                "storm_open",
+                url=server.ws_url,
+                secret=rig.secret,
+                tenant=tenant,
+                clients=clients,
+                concurrency=config.connect_concurrency,
+            )
+            for loader, clients in zip(rig.loaders, plan)
+        )
+    )
+    never_primed = await rig.prime(
+        [tenant], timeout=STORM_PRIME_TIMEOUT_S, state="storm_status", quiet=False
+    )
+    cpu_s = tree.cpu_seconds() - cpu_before
+    states = await asyncio.gather(*(l.call("storm_status") for l in rig.loaders))
+    live_at = max((s["last_first_rx"] or 0.0 for s in states), default=0.0)
+    await rig.wait_quiet(timeout=60, state="storm_status")
+    first = {
+        "opened": sum(r["opened"] for r in replies),
+        "failed": sum(r["failed"] for r in replies),
+        "connect_s": max(r["seconds"] for r in replies),
+        "live_s": live_at - started if live_at and not never_primed else None,
+        "cpu_s": cpu_s,
+        "never_primed": never_primed,
+    }
+    logger.info(
+        "storm: %s subscribed (%s failed), all live after %ss, server CPU %.2fs",
+        first["opened"],
+        first["failed"],
+        _fmt_s(first["live_s"]),
+        cpu_s,
+    )
+    return first
+
+
+async def storm_leave(rig: Rig, tenant: str) -> dict[str, Any]:
+    """Batch after batch leaves cleanly; after each, events are published and the clients
+    still connected are waited for, so each batch left having received a known amount."""
+    config = rig.config
+    started = time.monotonic()
+    received: list[int] = []
+    late = 0
+    for batch in range(config.storm_batches):
+        replies = await asyncio.gather(
+            *(
+                l.call("storm_leave", batch=batch, concurrency=config.connect_concurrency)
+                for l in rig.loaders
+            )
+        )
+        received.extend(n for r in replies for n in r["received"])
+        published = await rig.publisher.call(
+            "burst",
+            tenants=[tenant],
+            events_per_tenant=config.storm_batch_events,
+            phase="storm-leave",
+        )
+        if batch < config.storm_batches - 1 and published["last_id"]:
+            waits = await asyncio.gather(
+                *(
+                    l.call(
+                        "storm_wait",
+                        last_id=published["last_id"],
+                        idle_timeout=config.idle_timeout,
+                        timeout=config.phase_timeout,
+                    )
+                    for l in rig.loaders
+                )
+            )
+            late += sum(w["waiting"] for w in waits)
+    return {
+        "left": len(received),
+        "seconds": time.monotonic() - started,
+        "received_min": min(received, default=0),
+        "received_max": max(received, default=0),
+        "received_mean": statistics.mean(received) if received else 0.0,
+        "never_got_batch_events": late,  # connected clients that missed a wait (should be 0)
+    }
+
+
+async def storm_resume(
+    rig: Rig, server: TargetServer, tree: ProcessTree, stream_ids: list[str]
+) -> dict[str, Any]:
+    """All reconnect at once; time until every one has caught up. CPU and Redis commands
+    run from the first reconnect until all caught up plus settle_seconds, so the cursor
+    flush that follows the deliveries is counted."""
+    config = rig.config
+    redis_before = await rig.monitor.snapshot()
+    cpu_before = tree.cpu_seconds()
+    machine_before = MachineCpu.now()
+    started = time.time()
+    replies = await asyncio.gather(
+        *(
+            l.call(
+                "storm_resume",
+                url=server.ws_url,
+                stream_ids=stream_ids,
+                concurrency=config.connect_concurrency,
+                idle_timeout=config.idle_timeout,
+                timeout=config.phase_timeout,
+            )
+            for l in rig.loaders
+        )
+    )
+    await asyncio.sleep(config.settle_seconds)
+    cpu_s = tree.cpu_seconds() - cpu_before
+    machine_after = MachineCpu.now()
+    redis_after = await rig.monitor.snapshot()
+    commands = server_commands(redis_before, redis_after, {})
+    clients = sum(r["clients"] for r in replies)
+    opened = sum(r["opened"] for r in replies)
+    caught_up = sum(r["caught_up"] for r in replies)
+    done_at = max((r["done_at"] or 0.0 for r in replies), default=0.0)
+    return {
+        "clients": clients,
+        "opened": opened,
+        "failed": sum(r["failed"] for r in replies),
+        "connect_s": max(r["connect_s"] for r in replies),
+        "caught_up": caught_up,
+        "all_caught_up_s": done_at - started if caught_up == clients and done_at else None,
+        "cpu_s": cpu_s,
+        "cpu_ms_per_resume": cpu_s * 1000 / opened if opened else None,
+        "redis_commands": commands,
+        "cmds_per_resume": sum(commands.values()) / opened if opened else None,
+        "machine_cpu_util": machine_after.util_since(machine_before),
+        "loader_cpu_util": [
+            r["cpu_s"] / r["wall_s"] if r["wall_s"] >= 0.5 else None for r in replies
+        ],
+    }
+
+
+def storm_outcome(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The load processes' per-client tallies, summed."""
+    numbers = {
+        name: sum(r[name] for r in reports)
+        for name, value in reports[0].items()
+        if isinstance(value, int)
+    }
+    by_batch: dict[str, dict[str, int]] = {}
+    for report in reports:
+        for batch, row in report["by_batch"].items():
+            into = by_batch.setdefault(str(batch), {})
+            for name, value in row.items():
+                into[name] = into.get(name, 0) + value
+    return {
+        **numbers,
+        "by_batch": dict(sorted(by_batch.items(), key=lambda item: int(item[0]))),
+        "samples": [s for r in reports for s in r["samples"]][:10],
+        "errors": sorted({e for r in reports for e in r["errors"]})[:10],
+    }
+
+
+def _fmt_s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 @dataclass
 class ScenarioResults:
     """Everything one invocation measured, by scenario."""
@@ -302,5 +565,6 @@ class ScenarioResults:
     idle: list[dict[str, Any]] = field(default_factory=list)
     stalled: list[dict[str, Any]] = field(default_factory=list)
     churn: list[dict[str, Any]] = field(default_factory=list)
+    storm: list[dict[str, Any]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     failures: list[dict[str, str]] = field(default_factory=list)

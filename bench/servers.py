@@ -228,13 +228,21 @@ class TargetServer:
 
 
 async def start_target(
-    spec: TargetSpec, workers: int, redis_url: str, secret: str, log_dir: Path, label: str
+    spec: TargetSpec,
+    workers: int,
+    redis_url: str,
+    secret: str,
+    log_dir: Path,
+    label: str,
+    extra_env: dict[str, str] | None = None,
 ) -> TargetServer:
-    """Start a target and wait until /readyz answers 200."""
+    """Start a target and wait until /readyz answers 200; `extra_env` adds settings of one
+    scenario (the storm raises the gateway's per-tenant connection limit)."""
     port = free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="bench-target-"))
     env = bench_env(
         {
+            **(extra_env or {}),
             "RAGLINE_REDIS_URL": redis_url,
             "RAGLINE_JWT_SECRET": secret,
             "RAGLINE_HOST": LOOPBACK,
@@ -244,7 +252,13 @@ async def start_target(
     )
     argv = spec.command(workers)
     log_path = log_dir / f"{label}.log"
-    logger.info("starting %s: %s (port %s)", spec.name, shlex.join(argv), port)
+    logger.info(
+        "starting %s: %s (port %s)%s",
+        spec.name,
+        shlex.join(argv),
+        port,
+        "".join(f" {k}={v}" for k, v in sorted((extra_env or {}).items())),
+    )
     proc = spawn(argv, log_path, env=env, cwd=data_dir, own_group=True)
     server = TargetServer(spec, workers, port, proc, log_path, data_dir)
     try:
