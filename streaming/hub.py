@@ -35,7 +35,7 @@ from .subscriber import Feed, Subscriber
 logger = logging.getLogger(__name__)
 Accept = Callable[[Entry], bool]
 READER, FLUSH, OWNERS, COMMANDS = "reader", "flush", "owners", "commands"  # who saw Redis fail
-FLUSH_CHUNK = 200  # cursor moves per pipeline
+FLUSH_CHUNK = 2000  # cursor moves per round trip (one script call per tenant and 500 moves)
 
 
 @dataclass(frozen=True)
@@ -176,9 +176,9 @@ class Hub:
         return records
 
     async def flush(self) -> None:
-        """Move every dirty subscriber's group to its last written entry, in pipelines of
-        `FLUSH_CHUNK` moves: between two of them the deliveries go on, where one pipeline
-        of every move would hold them up."""
+        """Move every dirty subscriber's group to its last written entry, `FLUSH_CHUNK`
+        moves per round trip: between two of them the deliveries go on, where one round
+        trip of every move would hold them up."""
         if not self._dirty:
             return
         batch = list(self._dirty)
@@ -299,7 +299,8 @@ class Hub:
         return start
 
     async def _close_group(self, subscriber: Subscriber) -> None:
-        """Ephemeral: destroy the group. Durable: flush the cursor and let go of the name."""
+        """Ephemeral: destroy the group. Durable: flush the cursor and let go of the name, in
+        one step (a periodic flush still on its way must not land between the two)."""
         subscriber.closing = True  # before any await: a concurrent flush must not recreate the group
         self._dirty.pop(subscriber, None)
         tenant_id, group, owner = subscriber.tenant_id, subscriber.group, subscriber.owner
@@ -307,8 +308,7 @@ class Hub:
             if owner is None:
                 await self.store.destroy_group(tenant_id, group)
             else:
-                await self.store.move_groups([_move(subscriber)])
-                await self.store.release_durable(tenant_id, group, owner)
+                await self.store.release_durable(tenant_id, group, owner, subscriber.acked)
         except REDIS_ERRORS as error:
             logger.warning("could not release group %s: %s", group, error)
         finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,19 +38,40 @@ DLQ_SEEN_TTL_SECONDS = 7 * 24 * 3600
 DLQ_MAXLEN = 100_000  # entries kept in a dead-letter stream: the tenants' and the bridge's
 ZERO_ID = "0-0"
 
-# Move a durable cursor only while this subscription still owns the name;
-# recreate the group if Redis lost it (a restart without persistence). The registry
-# keeps the position too (`pos:<group>`), so a resume reads it in O(1).
-_MOVE_DURABLE_SCRIPT = """
-if redis.call('HGET', KEYS[2], 'owner:' .. ARGV[1]) ~= ARGV[3] then
-  return 0
+# Move one tenant's cursors in one call (its keys share a slot, so it runs on a cluster):
+# ARGV = now, then (group, id, owner) per move, owner '' for an ephemeral group. Returns
+# per move 1 (moved), 0 (a durable name another subscription now holds: not moved) or -1
+# (an ephemeral group that is gone: the caller recreates it unless it is ending). A durable
+# group that Redis lost (a restart without persistence) is recreated here; the registry
+# keeps each durable position too (`pos:<group>`), so a resume reads it in O(1).
+_MOVE_SCRIPT = """
+local results, fields = {}, {}
+for i = 2, #ARGV, 3 do
+  local group, id, owner = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local result = 1
+  if owner == '' then
+    if not pcall(redis.call, 'XGROUP', 'SETID', KEYS[1], group, id) then
+      result = -1
+    end
+  elseif redis.call('HGET', KEYS[2], 'owner:' .. group) ~= owner then
+    result = 0
+  else
+    if not pcall(redis.call, 'XGROUP', 'SETID', KEYS[1], group, id) then
+      redis.call('XGROUP', 'CREATE', KEYS[1], group, id, 'MKSTREAM')
+    end
+    fields[#fields + 1] = 'seen:' .. group
+    fields[#fields + 1] = ARGV[1]
+    fields[#fields + 1] = 'pos:' .. group
+    fields[#fields + 1] = id
+  end
+  results[#results + 1] = result
 end
-if not pcall(redis.call, 'XGROUP', 'SETID', KEYS[1], ARGV[1], ARGV[2]) then
-  redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], ARGV[2], 'MKSTREAM')
+if #fields > 0 then
+  redis.call('HSET', KEYS[2], unpack(fields))
 end
-redis.call('HSET', KEYS[2], 'seen:' .. ARGV[1], ARGV[4], 'pos:' .. ARGV[1], ARGV[2])
-return 1
+return results
 """
+MOVES_PER_CALL = 500  # a call holds Redis for ~1 ms; unpack() stays far below Lua's stack limit
 # A durable group's position, or nil when there is no such group: the registry's copy,
 # which every move writes, while the group exists (XINFO CONSUMERS costs O(its consumers):
 # none). A group recorded before positions were is looked up once in XINFO GROUPS, O(groups).
@@ -72,12 +94,19 @@ for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
 end
 return false
 """
-# Give up ownership of a durable name, if we still hold it.
+# Give up a durable name, if we still hold it, leaving the cursor at its final position in
+# the same step: a flush of this subscription still on its way (an older position) then
+# finds the name released and moves nothing, whenever it lands.
 _RELEASE_DURABLE_SCRIPT = """
-if redis.call('HGET', KEYS[1], 'owner:' .. ARGV[1]) == ARGV[2] then
-  redis.call('HDEL', KEYS[1], 'owner:' .. ARGV[1])
+if redis.call('HGET', KEYS[2], 'owner:' .. ARGV[1]) ~= ARGV[2] then
+  redis.call('HSET', KEYS[2], 'seen:' .. ARGV[1], ARGV[3])
+  return 0
 end
-redis.call('HSET', KEYS[1], 'seen:' .. ARGV[1], ARGV[3])
+if not pcall(redis.call, 'XGROUP', 'SETID', KEYS[1], ARGV[1], ARGV[4]) then
+  redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], ARGV[4], 'MKSTREAM')
+end
+redis.call('HDEL', KEYS[2], 'owner:' .. ARGV[1])
+redis.call('HSET', KEYS[2], 'seen:' .. ARGV[1], ARGV[3], 'pos:' .. ARGV[1], ARGV[4])
 return 1
 """
 
@@ -97,7 +126,7 @@ class RedisStore:
     def __init__(self, redis: AnyRedis) -> None:
         self.redis = redis
         self._dead_letter = redis.register_script(APPEND_ONCE_SCRIPT)
-        self._move_durable = redis.register_script(_MOVE_DURABLE_SCRIPT)
+        self._move = redis.register_script(_MOVE_SCRIPT)
         self._release_durable = redis.register_script(_RELEASE_DURABLE_SCRIPT)
         self._durable_position = redis.register_script(_DURABLE_POSITION_SCRIPT)
 
@@ -145,36 +174,40 @@ class RedisStore:
     async def move_groups(
         self, moves: Iterable[Move], recreate: Callable[[int], bool] = lambda index: True
     ) -> list[bool]:
-        """Set every cursor in one pipelined round trip (the hub sends at most
-        `FLUSH_CHUNK` at a time); False where a durable cursor now belongs to
-        another subscription. A group that vanished is recreated at its cursor
-        where `recreate(index)` says so (not for a subscription that is ending:
-        its group was destroyed on purpose)."""
+        """Set every cursor: one script call per tenant (per `MOVES_PER_CALL` moves), all
+        in one pipelined round trip; False where a durable cursor now belongs to another
+        subscription. An ephemeral group that vanished is recreated at its cursor where
+        `recreate(index)` says so (not for a subscription that is ending: its group was
+        destroyed on purpose)."""
         moves = list(moves)
+        by_tenant: dict[str, list[int]] = {}
+        for index, move in enumerate(moves):
+            by_tenant.setdefault(move.tenant_id, []).append(index)
+        calls: list[list[int]] = []
         now = int(time.time())
         async with self.redis.pipeline(transaction=False) as pipe:
-            for move in moves:
-                stream = keys.events_key(move.tenant_id)
-                if move.owner is None:
-                    pipe.xgroup_setid(stream, move.group, move.entry_id)
-                else:
-                    registry = keys.durable_registry_key(move.tenant_id)
-                    args = [move.group, move.entry_id, move.owner, now]
-                    await queue_script(pipe, self._move_durable, [stream, registry], args)
-            results = await pipe.execute(raise_on_error=False)
-        await self._recreate_lost(moves, results, recreate)
-        return [not (move.owner is not None and result == 0) for move, result in zip(moves, results, strict=True)]
-
-    async def _recreate_lost(self, moves: list[Move], results: list[Any], recreate: Callable[[int], bool]) -> None:
-        """Groups that vanished (Redis restarted empty, a janitor's mistake) come back at the cursor."""
-        for index, (move, result) in enumerate(zip(moves, results, strict=True)):
-            if isinstance(result, ResponseError) and "NOGROUP" in str(result):
-                if not recreate(index):
-                    continue
+            for tenant_id, indexes in by_tenant.items():
+                script_keys = [keys.events_key(tenant_id), keys.durable_registry_key(tenant_id)]
+                for start in range(0, len(indexes), MOVES_PER_CALL):
+                    call = indexes[start : start + MOVES_PER_CALL]
+                    args: list[Any] = [now]
+                    for index in call:
+                        move = moves[index]
+                        args += [move.group, move.entry_id, move.owner or ""]
+                    await queue_script(pipe, self._move, script_keys, args)
+                    calls.append(call)
+            replies = await pipe.execute()
+        results = [1] * len(moves)
+        for call, reply in zip(calls, replies, strict=True):
+            for index, result in zip(call, reply, strict=True):
+                results[index] = int(result)
+        for index, result in enumerate(results):
+            if result == -1 and recreate(index):
+                move = moves[index]
                 logger.warning("group %s was gone; recreating it at %s", move.group, move.entry_id)
-                await self.create_group(move.tenant_id, move.group, move.entry_id)
-            elif isinstance(result, Exception):
-                raise result
+                with suppress(ResponseError):  # BUSYGROUP: recreated meanwhile
+                    await self.create_group(move.tenant_id, move.group, move.entry_id)
+        return [result != 0 for result in results]
 
     async def process_figures(self) -> dict[str, dict[str, dict[str, int]]]:
         """Every live process's published figures, by process id. On a cluster the
@@ -202,9 +235,10 @@ class RedisStore:
         registry = keys.durable_registry_key(tenant_id)
         await self.redis.hset(registry, mapping={f"owner:{group}": owner, f"seen:{group}": int(time.time())})
 
-    async def release_durable(self, tenant_id: str, group: str, owner: str) -> None:
-        registry = keys.durable_registry_key(tenant_id)
-        await self._release_durable(keys=[registry], args=[group, owner, int(time.time())])
+    async def release_durable(self, tenant_id: str, group: str, owner: str, position: str) -> None:
+        """Leave the durable cursor at `position` and give up the name, in one step."""
+        script_keys = [keys.events_key(tenant_id), keys.durable_registry_key(tenant_id)]
+        await self._release_durable(keys=script_keys, args=[group, owner, int(time.time()), position])
 
     async def durable_owners(self, names: list[tuple[str, str]]) -> list[str | None]:
         """Current owner of each (tenant, group) durable name."""

@@ -7,15 +7,20 @@ gateway starts, in that process only.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any
 
 from ragline.streaming.entries import Entry
-from ragline.streaming.hub import Deliveries
+from ragline.streaming.hub import Deliveries, Hub
+from ragline.streaming.store import RedisStore
 
 
 def hold_type(event_type: str) -> None:
     """Entries of `event_type` are read and handed to the writer, which then waits forever:
-    a process that dies now has read the entry but never sent it."""
-    read = Deliveries.__anext__
+    a process that dies now has read the entry but never sent it. The reader's own pass
+    (`write_directly`) leaves them to the subscription's task, which is where they wait."""
+    read, write_directly = Deliveries.__anext__, Deliveries.write_directly
 
     async def read_then_hold(self: Deliveries) -> Entry:
         entry = await read(self)
@@ -23,4 +28,35 @@ def hold_type(event_type: str) -> None:
             await asyncio.Event().wait()
         return entry
 
+    def not_those(self: Deliveries, write: Callable[[Entry], bool]) -> None:
+        write_directly(self, lambda entry: entry.event_type != event_type and write(entry))
+
     Deliveries.__anext__ = read_then_hold  # type: ignore[method-assign]
+    Deliveries.write_directly = not_those  # type: ignore[method-assign]
+
+
+def slow_cursor_writes(flush: float, release: float) -> None:
+    """Every periodic cursor flush reaches Redis `flush` seconds late, and every release of a
+    durable cursor (a subscription ending) `release` seconds late: a slow network, a busy
+    Redis. With `flush < release`, a flush that left before a subscription ended lands
+    while it is being released."""
+    flushing: ContextVar[bool] = ContextVar("flushing", default=False)
+    run_flush, move_groups, release_durable = Hub.flush, RedisStore.move_groups, RedisStore.release_durable
+
+    async def late_flush(self: Hub) -> None:
+        flushing.set(True)  # the flush loop's own task
+        await run_flush(self)
+
+    async def late_moves(self: RedisStore, moves: Any, *args: Any) -> list[bool]:
+        moves = list(moves)
+        if flushing.get():
+            await asyncio.sleep(flush)
+        return await move_groups(self, moves, *args)
+
+    async def late_release(self: RedisStore, *args: Any) -> None:
+        await asyncio.sleep(release)
+        await release_durable(self, *args)
+
+    Hub.flush = late_flush  # type: ignore[method-assign]
+    RedisStore.move_groups = late_moves  # type: ignore[method-assign]
+    RedisStore.release_durable = late_release  # type: ignore[method-assign]

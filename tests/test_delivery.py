@@ -217,3 +217,4 @@ async def test_bad_entries_are_dead_lettered_once_and_never_delivered(
     dead = redis_client.xrange(keys.dlq_key(tenant))
     assert [(f[b"original_id"].decode(), f[b"reason"].decode()) for _, f in dead] == [(bad, reason)]
     assert gateway.hub.counters.tenant(tenant).dead_lettered == 1
+

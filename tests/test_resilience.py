@@ -64,6 +64,39 @@ async def test_an_event_read_but_not_sent_before_a_sigkill_arrives_after_restart
         await client.expect_silence(0.3)
 
 
+async def test_a_clean_leave_is_exact_even_when_an_older_cursor_flush_lands_during_it(
+    redis_url: str, redis_client: redis.Redis, tenant: str, tmp_path: Path
+) -> None:
+    """A durable client receives events for longer than a cursor flush takes to reach Redis
+    (1 s here), then completes its subscription and leaves; its release takes 2.5 s, so the
+    flush that left before the leave, with an older position, lands in the middle of it.
+    Resubscribed, the client gets exactly the events after the last one it received: the
+    older position must not win over the leave's (it did: the client got events again)."""
+    env = process_env(redis_url, RAGLINE_ACK_INTERVAL="0.01")
+    gateway = GatewayProcess(env, tmp_path / "gw.log", fault="slow_cursor_writes(flush=1.0, release=2.5)").start()
+    token = make_token(tenant)
+    registry = keys.durable_registry_key(tenant)
+    try:
+        async with connect(gateway.ws_url, token=token) as client:
+            await client.subscribe("1", DURABLE_QUERY, {"durable": "exact"})
+            await wait_until(lambda: len(groups(redis_client, tenant)) == 1)  # the cursor exists: live
+            for _ in range(12):  # 1.2 s: every flush of that time carries some position
+                sent = publish(redis_client, tenant, "order_created", {})
+                assert [e["id"] for e in await client.collect("1", "events", 1)] == [sent]
+                await asyncio.sleep(0.1)
+            await client.complete("1")
+            await client.expect_silence(0.1)
+        await wait_until(lambda: not any(key.startswith(b"owner:") for key in redis_client.hkeys(registry)))
+        await asyncio.sleep(1.0)  # any flush still on its way has landed
+        missed = [publish(redis_client, tenant, "order_updated", {}) for _ in range(2)]
+        async with connect(gateway.ws_url, token=token) as client:
+            await client.subscribe("1", DURABLE_QUERY, {"durable": "exact"})
+            assert [e["id"] for e in await client.collect("1", "events", 2)] == missed
+            await client.expect_silence(0.3)
+    finally:
+        gateway.stop()
+
+
 async def test_sigterm_completes_operations_closes_1001_and_loses_nothing(
     redis_url: str, redis_client: redis.Redis, tenant: str, make_gateway: object, tmp_path: Path
 ) -> None:
