@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import keys
+from .catchup import CatchUpReads
 from .connections import REDIS_ERRORS, AnyRedis, ping_all
 from .counters import Counters
 from .entries import DeadLetter, Entry, Record, parse_record
@@ -76,6 +77,7 @@ class Hub:
         self.counters = Counters()
         self.store = RedisStore(redis)
         self._reader = reader
+        self._catch_up = CatchUpReads(self._read_range)
         self._feeds: dict[str, Feed] = {}
         self._feeds_changed = asyncio.Event()
         self._dirty: dict[Subscriber, None] = {}
@@ -94,6 +96,7 @@ class Hub:
 
     async def close(self) -> None:
         self.accepting = False
+        self._catch_up.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -166,7 +169,11 @@ class Hub:
             self._dirty[subscriber] = None
 
     async def read_range(self, tenant_id: str, after: str, count: int) -> list[Record]:
-        """History read for a subscription that is behind the reader."""
+        """History read for a subscription that is behind the reader, shared with the
+        tenant's other catch-ups at nearby positions (`CatchUpReads`)."""
+        return await self._catch_up.read(tenant_id, after, count)
+
+    async def _read_range(self, tenant_id: str, after: str, count: int) -> list[Record]:
         try:
             records = await self.store.read_after(tenant_id, after, count)
             await self._dead_letter(tenant_id, records)
@@ -253,16 +260,11 @@ class Hub:
     async def _open(self, tenant_id: str, group: str, cursor: Cursor, owner: str | None) -> tuple[str, str]:
         """Claim (durable), create or reposition the group; (start id, stream end)."""
         try:
-            if owner is not None:
-                await self._take_over(tenant_id, group, owner)
-            start = await self._open_group(tenant_id, group, cursor, owner)
+            if owner is None:
+                return await self._open_ephemeral(tenant_id, group, cursor)
+            return await self._open_durable(tenant_id, group, cursor, owner)
         except REDIS_ERRORS as error:
             self._on_outage(error)
-            raise Unavailable("The gateway cannot reach Redis right now; retry with 'after'") from error
-        try:
-            return start, await self.store.stream_end(tenant_id)
-        except REDIS_ERRORS as error:  # the group must not stay behind
-            await self._abandon_group(tenant_id, group, owner)
             raise Unavailable("The gateway cannot reach Redis right now; retry with 'after'") from error
 
     def _group_name(self, tenant_id: str, kind: str, cursor: Cursor) -> str:
@@ -270,33 +272,40 @@ class Hub:
             return keys.durable_group(kind, tenant_id, cursor.durable.user_id, cursor.durable.name)
         return keys.ephemeral_group(kind, tenant_id, self.config.process_id, uuid.uuid4().hex)
 
-    async def _take_over(self, tenant_id: str, group: str, owner: str) -> None:
-        """Claim a durable name. An older holder in this process ends first and
-        flushes its cursor, so the newer one resumes exactly where it stopped;
-        one elsewhere notices the claim within `owner_check_interval`."""
+    async def _open_ephemeral(self, tenant_id: str, group: str, cursor: Cursor) -> tuple[str, str]:
+        """A new group at the stream's end, or after `after`; created last, so a failure
+        leaves nothing behind."""
+        if cursor.after is None:
+            start = head = await self.store.stream_end(tenant_id)
+        else:
+            bounds = await self.store.bounds(tenant_id)
+            _check_not_expired(cursor.after, bounds)
+            start, head = cursor.after, bounds.last_generated
+        await self.store.create_group(tenant_id, group, start)
+        return start, head
+
+    async def _open_durable(self, tenant_id: str, group: str, cursor: Cursor, owner: str) -> tuple[str, str]:
+        """Claim the name and find the cursor in one call (a resume costs the same however
+        many subscriptions the stream has); create it, or move it to `after` if given.
+        An older holder in this process ends first and flushes its cursor, so the newer
+        one resumes exactly where it stopped; one elsewhere notices the claim within
+        `owner_check_interval`."""
         older = self._durables.get((tenant_id, group))
         if older is not None:
             older.fail(DurableTakenOver("A newer subscription took over this durable cursor"))
             with suppress(TimeoutError):
                 await asyncio.wait_for(older.wait_closed(), self.config.takeover_wait)
-        await self.store.claim_durable(tenant_id, group, owner)
-
-    async def _open_group(self, tenant_id: str, group: str, cursor: Cursor, owner: str | None) -> str:
-        """Create or reposition the group; returns the id the subscription starts after."""
-        existing = await self.store.durable_position(tenant_id, group) if owner is not None else None
+        existing, bounds = await self.store.open_durable(tenant_id, group, owner)
         start = cursor.after if cursor.after is not None else existing
         if start is None:
-            start = await self.store.stream_end(tenant_id)
+            start = bounds.last_generated
         else:
-            _check_not_expired(start, await self.store.bounds(tenant_id))
+            _check_not_expired(start, bounds)
         if existing is None:
-            if owner is None:
-                await self.store.create_group(tenant_id, group, start)
-            else:
-                await self.store.create_durable(tenant_id, group, start)
+            await self.store.create_durable(tenant_id, group, start)
         elif start != existing:
             await self.store.move_groups([Move(tenant_id, group, start, owner)])
-        return start
+        return start, bounds.last_generated
 
     async def _close_group(self, subscriber: Subscriber) -> None:
         """Ephemeral: destroy the group. Durable: flush the cursor and let go of the name, in

@@ -45,6 +45,18 @@ ZERO_ID = "0-0"
 # group that Redis lost (a restart without persistence) is recreated here; the registry
 # keeps each durable position too (`pos:<group>`), so a resume reads it in O(1).
 _MOVE_SCRIPT = """
+local owners, asked = {}, {}
+for i = 2, #ARGV, 3 do
+  if ARGV[i + 2] ~= '' then
+    asked[#asked + 1] = 'owner:' .. ARGV[i]
+  end
+end
+if #asked > 0 then
+  local held = redis.call('HMGET', KEYS[2], unpack(asked))
+  for j = 1, #asked do
+    owners[asked[j]] = held[j]
+  end
+end
 local results, fields = {}, {}
 for i = 2, #ARGV, 3 do
   local group, id, owner = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -53,7 +65,7 @@ for i = 2, #ARGV, 3 do
     if not pcall(redis.call, 'XGROUP', 'SETID', KEYS[1], group, id) then
       result = -1
     end
-  elseif redis.call('HGET', KEYS[2], 'owner:' .. group) ~= owner then
+  elseif owners['owner:' .. group] ~= owner then
     result = 0
   else
     if not pcall(redis.call, 'XGROUP', 'SETID', KEYS[1], group, id) then
@@ -72,27 +84,37 @@ end
 return results
 """
 MOVES_PER_CALL = 500  # a call holds Redis for ~1 ms; unpack() stays far below Lua's stack limit
-# A durable group's position, or nil when there is no such group: the registry's copy,
-# which every move writes, while the group exists (XINFO CONSUMERS costs O(its consumers):
-# none). A group recorded before positions were is looked up once in XINFO GROUPS, O(groups).
-_DURABLE_POSITION_SCRIPT = """
-if not pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1]) then
-  return false
-end
+# Claim a durable name and read where its cursor is, with what the stream still holds, in
+# one call (a resume costs the same however many subscriptions the stream has): returns
+# {position or false, first entry id or false, last generated id, max deleted id or false}.
+# The position is the registry's copy, which every move writes; for a group recorded before
+# positions were, XINFO GROUPS is read once (O(groups)), and only when the group exists
+# (XINFO CONSUMERS costs O(its consumers): none).
+_OPEN_DURABLE_SCRIPT = """
+redis.call('HSET', KEYS[2], 'owner:' .. ARGV[1], ARGV[2], 'seen:' .. ARGV[1], ARGV[3])
 local position = redis.call('HGET', KEYS[2], 'pos:' .. ARGV[1])
-if position then
-  return position
-end
-for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local fields = {}
-  for i = 1, #info, 2 do
-    fields[info[i]] = info[i + 1]
+if not position and pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1]) then
+  for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local fields = {}
+    for i = 1, #info, 2 do
+      fields[info[i]] = info[i + 1]
+    end
+    if fields['name'] == ARGV[1] then
+      position = fields['last-delivered-id']
+    end
   end
-  if fields['name'] == ARGV[1] then
-    return fields['last-delivered-id']
-  end
 end
-return false
+local ok, info = pcall(redis.call, 'XINFO', 'STREAM', KEYS[1])
+if not ok then
+  return {position or false, false, '0-0', false}
+end
+local stream = {}
+for i = 1, #info, 2 do
+  stream[info[i]] = info[i + 1]
+end
+local first = stream['first-entry']
+return {position or false, type(first) == 'table' and first[1] or false,
+        stream['last-generated-id'], stream['max-deleted-entry-id'] or false}
 """
 # Give up a durable name, if we still hold it, leaving the cursor at its final position in
 # the same step: a flush of this subscription still on its way (an older position) then
@@ -128,7 +150,7 @@ class RedisStore:
         self._dead_letter = redis.register_script(APPEND_ONCE_SCRIPT)
         self._move = redis.register_script(_MOVE_SCRIPT)
         self._release_durable = redis.register_script(_RELEASE_DURABLE_SCRIPT)
-        self._durable_position = redis.register_script(_DURABLE_POSITION_SCRIPT)
+        self._open_durable = redis.register_script(_OPEN_DURABLE_SCRIPT)
 
     async def stream_end(self, tenant_id: str) -> str:
         """Id of the newest entry, or 0-0 for an empty or missing stream."""
@@ -156,12 +178,19 @@ class RedisStore:
     async def create_group(self, tenant_id: str, group: str, at: str) -> None:
         await self.redis.xgroup_create(keys.events_key(tenant_id), group, id=at, mkstream=True)
 
-    async def durable_position(self, tenant_id: str, group: str) -> str | None:
-        """A durable group's last-delivered id, or None when the group does not exist; O(1)
-        in the number of the stream's groups (a resume must not cost more with more subscribers)."""
-        registry = keys.durable_registry_key(tenant_id)
-        position = await self._durable_position(keys=[keys.events_key(tenant_id), registry], args=[group])
-        return None if position is None else text(position)
+    async def open_durable(self, tenant_id: str, group: str, owner: str) -> tuple[str | None, StreamBounds]:
+        """Make `owner` the subscription holding a durable name (older ones see they lost it);
+        its cursor's position (None when there is no such cursor yet) and the stream's bounds."""
+        script_keys = [keys.events_key(tenant_id), keys.durable_registry_key(tenant_id)]
+        position, first, last, deleted = await self._open_durable(
+            keys=script_keys, args=[group, owner, int(time.time())]
+        )
+        bounds = StreamBounds(
+            first=text(first) if first else None,
+            last_generated=text(last),
+            max_deleted=text(deleted) if deleted else None,
+        )
+        return (text(position) if position else None), bounds
 
     async def create_durable(self, tenant_id: str, group: str, at: str) -> None:
         """Create a durable group at `at`, its position recorded in the registry."""
@@ -230,23 +259,25 @@ class RedisStore:
                 found[name.rsplit(":", 1)[1]] = figures
         return found
 
-    async def claim_durable(self, tenant_id: str, group: str, owner: str) -> None:
-        """Make `owner` the subscription holding a durable name; older ones see they lost it."""
-        registry = keys.durable_registry_key(tenant_id)
-        await self.redis.hset(registry, mapping={f"owner:{group}": owner, f"seen:{group}": int(time.time())})
-
     async def release_durable(self, tenant_id: str, group: str, owner: str, position: str) -> None:
         """Leave the durable cursor at `position` and give up the name, in one step."""
         script_keys = [keys.events_key(tenant_id), keys.durable_registry_key(tenant_id)]
         await self._release_durable(keys=script_keys, args=[group, owner, int(time.time()), position])
 
     async def durable_owners(self, names: list[tuple[str, str]]) -> list[str | None]:
-        """Current owner of each (tenant, group) durable name."""
+        """Current owner of each (tenant, group) durable name: one HMGET per tenant."""
+        by_tenant: dict[str, list[int]] = {}
+        for index, (tenant_id, _) in enumerate(names):
+            by_tenant.setdefault(tenant_id, []).append(index)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for tenant_id, group in names:
-                pipe.hget(keys.durable_registry_key(tenant_id), f"owner:{group}")
-            owners = await pipe.execute()
-        return [None if owner is None else text(owner) for owner in owners]
+            for tenant_id, indexes in by_tenant.items():
+                pipe.hmget(keys.durable_registry_key(tenant_id), [f"owner:{names[i][1]}" for i in indexes])
+            replies = await pipe.execute()
+        owners: list[str | None] = [None] * len(names)
+        for indexes, reply in zip(by_tenant.values(), replies, strict=True):
+            for index, owner in zip(indexes, reply, strict=True):
+                owners[index] = None if owner is None else text(owner)
+        return owners
 
     async def dead_letter(self, tenant_id: str, record: DeadLetter) -> bool:
         """Copy `record` to the tenant's DLQ; True when this call wrote it."""

@@ -218,3 +218,40 @@ async def test_bad_entries_are_dead_lettered_once_and_never_delivered(
     assert [(f[b"original_id"].decode(), f[b"reason"].decode()) for _, f in dead] == [(bad, reason)]
     assert gateway.hub.counters.tenant(tenant).dead_lettered == 1
 
+
+
+async def test_durable_clients_resuming_at_once_each_get_exactly_what_they_missed(
+    gateway: GatewayServer, redis_client: redis.Redis, tenant: str
+) -> None:
+    """Clients that left at different positions (two of them more than one catch-up read,
+    500 entries, apart from the others) come back at the same moment; their catch-up reads
+    are shared, and each gets exactly the events after the last one it received."""
+    users = [f"u{n}" for n in range(8)]
+    last: dict[str, str] = {}
+    for n, user in enumerate(users):
+        async with connect(gateway.ws_url, token=make_token(tenant, user)) as client:
+            await client.subscribe("1", RESUME_QUERY, {"durable": "back"})
+            await subscribed(gateway, tenant)
+            sent = publish(redis_client, tenant, "order_created", {"n": n})
+            last[user] = (await client.collect("1", "events", 1))[0]["id"]
+            assert last[user] == sent
+        await wait_until(lambda: gateway.hub.counters.tenant(tenant).subscriptions == 0)
+        if n in (0, 1):  # the first two left far behind the others
+            with redis_client.pipeline(transaction=False) as pipe:
+                for _ in range(600):
+                    pipe.xadd(keys.events_key(tenant), {"event_type": "bulk", "tenant_id": tenant, "payload": "{}"})
+                pipe.execute()
+    for n in range(3):
+        publish(redis_client, tenant, "order_updated", {"n": n})
+    stream = [entry_id.decode() for entry_id, _ in redis_client.xrange(keys.events_key(tenant))]
+
+    async def resume(user: str) -> tuple[list[str], list[str]]:
+        missed = stream[stream.index(last[user]) + 1 :]
+        async with connect(gateway.ws_url, token=make_token(tenant, user)) as client:
+            await client.subscribe("1", RESUME_QUERY, {"durable": "back"})
+            got = [e["id"] for e in await client.collect("1", "events", len(missed))]
+            await client.expect_silence(0.3)
+        return got, missed
+
+    for got, missed in await asyncio.gather(*(resume(user) for user in users)):
+        assert got == missed
