@@ -36,6 +36,7 @@ from .subscriber import Feed, Subscriber
 logger = logging.getLogger(__name__)
 Accept = Callable[[Entry], bool]
 READER, FLUSH, OWNERS, COMMANDS = "reader", "flush", "owners", "commands"  # who saw Redis fail
+EPHEMERAL_FLUSH_EVERY = 4  # ephemeral cursors move every 4th flush: 1 s by default
 FLUSH_CHUNK = 2000  # cursor moves per round trip (one script call per tenant and 500 moves)
 
 
@@ -80,7 +81,10 @@ class Hub:
         self._catch_up = CatchUpReads(self._read_range)
         self._feeds: dict[str, Feed] = {}
         self._feeds_changed = asyncio.Event()
+        # Subscribers whose cursor moved since the last flush: durable ones are flushed every
+        # `ack_interval`, the others every `EPHEMERAL_FLUSH_EVERY` intervals.
         self._dirty: dict[Subscriber, None] = {}
+        self._dirty_durable: dict[Subscriber, None] = {}
         self._durables: dict[tuple[str, str], Subscriber] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.available = True
@@ -166,7 +170,7 @@ class Hub:
     def ack(self, subscriber: Subscriber, record: Record, handed_out: bool = True) -> None:
         """Record that `record` was written to the client (or skipped)."""
         if subscriber.ack(record, handed_out):
-            self._dirty[subscriber] = None
+            (self._dirty if subscriber.owner is None else self._dirty_durable)[subscriber] = None
 
     async def read_range(self, tenant_id: str, after: str, count: int) -> list[Record]:
         """History read for a subscription that is behind the reader, shared with the
@@ -182,14 +186,15 @@ class Hub:
             raise Unavailable("Redis is unavailable") from error
         return records
 
-    async def flush(self) -> None:
-        """Move every dirty subscriber's group to its last written entry, `FLUSH_CHUNK`
-        moves per round trip: between two of them the deliveries go on, where one round
-        trip of every move would hold them up."""
-        if not self._dirty:
-            return
-        batch = list(self._dirty)
-        self._dirty.clear()
+    async def flush(self, durable_only: bool = False) -> None:
+        """Move every dirty subscriber's group (`durable_only`: every durable one's) to its
+        last written entry, `FLUSH_CHUNK` moves per round trip: between two of them the
+        deliveries go on, where one round trip of every move would hold them up."""
+        batch = list(self._dirty_durable)
+        self._dirty_durable.clear()
+        if not durable_only:
+            batch += self._dirty
+            self._dirty.clear()
         for start in range(0, len(batch), FLUSH_CHUNK):
             chunk = [s for s in batch[start : start + FLUSH_CHUNK] if not s.closing]  # closing: moved on release
             if not chunk:
@@ -197,7 +202,9 @@ class Hub:
             try:
                 kept = await self.store.move_groups([_move(s) for s in chunk], _not_closing(chunk))
             except REDIS_ERRORS:
-                self._dirty.update(dict.fromkeys(s for s in batch[start:] if not s.closing))
+                for subscriber in batch[start:]:
+                    if not subscriber.closing:
+                        (self._dirty if subscriber.owner is None else self._dirty_durable)[subscriber] = None
                 raise
             for subscriber, still_owner in zip(chunk, kept, strict=True):
                 if not still_owner:
@@ -312,6 +319,7 @@ class Hub:
         one step (a periodic flush still on its way must not land between the two)."""
         subscriber.closing = True  # before any await: a concurrent flush must not recreate the group
         self._dirty.pop(subscriber, None)
+        self._dirty_durable.pop(subscriber, None)
         tenant_id, group, owner = subscriber.tenant_id, subscriber.group, subscriber.owner
         try:
             if owner is None:
@@ -407,11 +415,15 @@ class Hub:
     # -- cursor upkeep --------------------------------------------------------
 
     async def _flush_loop(self) -> None:
-        pause = 0.0
+        """Durable cursors every `ack_interval` (they bound what a client may get again after
+        a crash), ephemeral ones every `EPHEMERAL_FLUSH_EVERY` intervals (their position is
+        only for operators to read: nobody resumes from it)."""
+        pause, ticks = 0.0, 0
         while True:
             await asyncio.sleep(max(self.config.ack_interval, pause))
+            ticks += 1
             try:
-                await self.flush()
+                await self.flush(durable_only=ticks % EPHEMERAL_FLUSH_EVERY != 0)
             except REDIS_ERRORS as error:
                 pause = next_pause(pause)
                 self._on_outage(error, FLUSH)

@@ -43,9 +43,9 @@ def slow_cursor_writes(flush: float, release: float) -> None:
     flushing: ContextVar[bool] = ContextVar("flushing", default=False)
     run_flush, move_groups, release_durable = Hub.flush, RedisStore.move_groups, RedisStore.release_durable
 
-    async def late_flush(self: Hub) -> None:
+    async def late_flush(self: Hub, *args: Any, **kwargs: Any) -> None:
         flushing.set(True)  # the flush loop's own task
-        await run_flush(self)
+        await run_flush(self, *args, **kwargs)
 
     async def late_moves(self: RedisStore, moves: Any, *args: Any) -> list[bool]:
         moves = list(moves)
