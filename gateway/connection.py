@@ -62,7 +62,7 @@ class Connection:
 
     def __init__(self, runtime: Runtime, adapter: Adapter, slow_consumer: Close = closes.SLOW_CONSUMER) -> None:
         self.runtime = runtime
-        self.adapter = adapter
+        self.adapter: Adapter | None = adapter  # until closed: the adapter refers to its connection
         self.slow_consumer = slow_consumer  # its words for a slow consumer (the endpoint's catalogue entry)
         self.principal: Principal | None = None
         self.slow = False  # ended as a slow consumer (counted once)
@@ -89,8 +89,10 @@ class Connection:
             self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
 
     def close(self) -> None:
-        """Count the connection out; idempotent."""
+        """Count the connection out; idempotent. The adapter is let go (nothing is asked of
+        it once closed), so the two do not keep each other alive."""
         self.runtime.connections.discard(self)
+        self.adapter = None
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
@@ -103,13 +105,18 @@ class Connection:
             hub.counters.tenant(principal.tenant_id).connections -= 1
 
     async def drain(self) -> None:
-        await self.adapter.drain()
+        adapter = self.adapter
+        if adapter is not None:  # closed since the drain began: nothing left to drain
+            await adapter.drain()
 
     def _expired(self) -> None:
         self._expiry = None
+        adapter = self.adapter
+        if adapter is None:  # closed (which cancels this timer): nobody to tell
+            return
         if self.principal is not None:
             logger.info("ending a connection of tenant %s: token expired", self.principal.tenant_id)
-        task = asyncio.get_running_loop().create_task(self.adapter.expire())
+        task = asyncio.get_running_loop().create_task(adapter.expire())
         _EXPIRING.add(task)
         task.add_done_callback(_EXPIRING.discard)
 

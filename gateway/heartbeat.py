@@ -68,14 +68,24 @@ class Heartbeat:
         # stopped reading, the buffers are full) times out as a missing pong does.
         self._waiting = True
         self._timer = self._loop.call_later(self.timeout, self._expired)
-        self._task = self._loop.create_task(_call(self._send_ping))
+        self._track(self._loop.create_task(_call(self._send_ping)))
 
     def _expired(self) -> None:
         self._timer = None
         self._waiting = False
         if self._task is not None:
             self._task.cancel()  # a ping still being written
-        self._task = self._loop.create_task(_call(self._on_timeout))
+        self._track(self._loop.create_task(_call(self._on_timeout)))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        """`task` is the one running; let go of it once it ended (a cancelled one keeps a
+        traceback whose frames refer to the callbacks' owner, which refers to this)."""
+        self._task = task
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if self._task is task:
+            self._task = None
 
 
 async def _call(job: Callable[[], Awaitable[None]]) -> None:

@@ -98,7 +98,9 @@ def slow_consumer_error() -> GatewayError:
 
 
 class Operation:
-    """One operation of a socket: it is `completed` once nothing more may be written for it."""
+    """One operation of a socket: it is `completed` once nothing more may be written for it.
+    Its `task` is dropped when the task ends: an ended task keeps the exception that ended
+    it (a cancellation's too), whose traceback's frames refer back to the operation."""
 
     __slots__ = ("completed", "id", "task")
 
@@ -106,6 +108,10 @@ class Operation:
         self.id = operation_id
         self.completed = False
         self.task: asyncio.Task[None] | None = None
+
+    def ended(self, task: asyncio.Task[None]) -> None:
+        if self.task is task:
+            self.task = None
 
 
 class GraphQLSocket:
@@ -153,6 +159,7 @@ class GraphQLSocket:
             self._serving = False
             if self._init_timer is not None:
                 self._init_timer.cancel()
+                self._init_timer = None  # a timer that fired keeps its callback, bound to this socket
             await self.stop_keepalive()
             await self.cancel_all()
             if self._ending is not None:
@@ -160,6 +167,10 @@ class GraphQLSocket:
             for job in list(self._jobs):
                 job.cancel()
             self.connection.close()
+            self._task = None
+            # Strawberry's execution contexts (one per operation on its path) are cyclic and
+            # keep the context; without its socket it keeps nothing of the connection.
+            self.context.request = None
 
     async def _read(self) -> None:
         """Read client messages until the client goes or a malformed one is refused."""
@@ -268,7 +279,8 @@ class GraphQLSocket:
     def start(self, operation_id: str, job: Callable[[Operation], Awaitable[None]]) -> None:
         operation = Operation(operation_id)
         self.operations[operation_id] = operation
-        operation.task = asyncio.get_running_loop().create_task(self._operation(operation, job))
+        task = operation.task = asyncio.get_running_loop().create_task(self._operation(operation, job))
+        task.add_done_callback(operation.ended)
 
     async def _operation(self, operation: Operation, job: Callable[[Operation], Awaitable[None]]) -> None:
         """An operation's task: its logs name it, its writes take the deadline."""
@@ -594,9 +606,10 @@ class TransportSocket(GraphQLSocket):
         self._heartbeat.start()
 
     async def stop_keepalive(self) -> None:
-        if self._heartbeat is not None:
+        heartbeat, self._heartbeat = self._heartbeat, None  # it holds this socket's methods
+        if heartbeat is not None:
             with suppress(*SOCKET_GONE):
-                await self._heartbeat.stop()
+                await heartbeat.stop()
 
     async def _ping(self) -> None:
         with suppress(*SOCKET_GONE):  # a socket that is gone sends no pong either: it times out
@@ -658,10 +671,11 @@ class LegacySocket(GraphQLSocket):
                 await asyncio.sleep(self.runtime.settings.ping_interval)
 
     async def stop_keepalive(self) -> None:
-        if self._keepalive is not None:
-            self._keepalive.cancel()
+        keepalive, self._keepalive = self._keepalive, None  # its coroutine refers to this socket
+        if keepalive is not None:
+            keepalive.cancel()
             with suppress(asyncio.CancelledError):
-                await self._keepalive
+                await keepalive
 
     async def _start(self, operation_id: str, payload: dict[str, Any]) -> None:
         if not self.acknowledged:

@@ -19,12 +19,14 @@ MAX_SWEEP_INTERVAL = 1.0
 
 
 class Writer:
-    """One task's writes: `since` is when the pending write began, 0.0 when none is."""
+    """One task's writes: `since` is when the pending write began, 0.0 when none is.
+    Its `task` is dropped once the task stops writing (`WriteWatch.forget`): the task's
+    frames refer to the writer, so keeping it would make a cycle of each ended task."""
 
     __slots__ = ("since", "stalled", "task")
 
     def __init__(self, task: asyncio.Task[object]) -> None:
-        self.task = task
+        self.task: asyncio.Task[object] | None = task
         self.since = 0.0
         self.stalled = False  # set when the watch cancelled the task for a stalled write
 
@@ -50,14 +52,16 @@ class WriteWatch:
 
     def forget(self, writer: Writer) -> None:
         self._writers.discard(writer)
+        writer.task = None
 
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         oldest = loop.time() - self.timeout
         for writer in self._writers:
-            if 0.0 < writer.since <= oldest and not writer.stalled:
+            task = writer.task
+            if 0.0 < writer.since <= oldest and not writer.stalled and task is not None:
                 writer.stalled = True
-                writer.task.cancel()
+                task.cancel()
         self._timer = loop.call_later(self.interval, self._sweep) if self._writers else None
 
 
@@ -65,7 +69,7 @@ def stalled(writer: Writer) -> bool:
     """Whether the CancelledError being handled is the watch's, not anybody else's
     (then the caller ends the subscription as a slow consumer instead of unwinding)."""
     task = writer.task
-    return writer.stalled and task.uncancel() == 0
+    return writer.stalled and task is not None and task.uncancel() == 0
 
 
 __all__ = ["WriteWatch", "Writer", "stalled"]
