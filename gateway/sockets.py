@@ -328,6 +328,40 @@ class GraphQLSocket:
     async def pre_execution_error(self, operation: Operation, errors: list[GraphQLError]) -> None:
         await self.operation_error(operation, errors)
 
+    async def run_shared(self, operation: Operation, plan: SharedPlan) -> None:
+        """A subscription the planner took: its cohort's rendered payloads, each written
+        by the fan-out writer or by this task (`send_payloads`), then `complete`."""
+        writer = current_writer()
+        assert writer is not None
+        try:
+            payloads = await open_shared(self.context, self.router.planner, plan)
+        except GraphQLError as error:
+            await self.operation_error(operation, [error])
+            return
+        except Exception as error:  # noqa: BLE001 (a bug: log it; the client learns only that it failed)
+            await self.bug(error)
+            await self.operation_error(operation, [GraphQLError(MASKED_MESSAGE)])
+            return
+        head = f'{{"id":{orjson.dumps(operation.id).decode()},"type":"{self.result_type}","payload":'
+        try:
+            await self.send_payloads(operation, payloads, head, writer)
+        except GraphQLError as error:
+            await self._end_with(operation, error)
+        except SOCKET_GONE:
+            return
+        except Exception as error:  # noqa: BLE001 (a bug: log it, end the operation cleanly)
+            await self.bug(error)
+            await self._end_with(operation, GraphQLError(MASKED_MESSAGE))
+        finally:
+            await payloads.aclose()
+        await self.send_operation_message(operation, {"id": operation.id, "type": "complete"})
+
+    async def _end_with(self, operation: Operation, error: GraphQLError) -> None:
+        """End an operation with an error it can resume from, as Strawberry's path does: a
+        result (`next`, `data`) carrying the error, then `complete`."""
+        await self.send_operation_message(operation, error_next(operation.id, error, self.result_type))
+        await self.send_operation_message(operation, {"id": operation.id, "type": "complete"})
+
     async def operation_error(self, operation: Operation, errors: list[GraphQLError]) -> None:
         """End the operation with an `error` message, as the protocol shapes it."""
         raise NotImplementedError
@@ -542,7 +576,7 @@ class TransportSocket(GraphQLSocket):
         if plan is None:
             self.start(operation_id, lambda operation: self.run_document(operation, query, variables, name))
         else:  # the decoded message is not kept: the plan holds what every subscriber of it shares
-            self.start(operation_id, lambda operation: self._run_shared(operation, plan))
+            self.start(operation_id, lambda operation: self.run_shared(operation, plan))
 
     async def pre_execution_error(self, operation: Operation, errors: list[GraphQLError]) -> None:
         """A document that cannot be parsed closes the socket 4400, as the protocol says;
@@ -558,38 +592,6 @@ class TransportSocket(GraphQLSocket):
         await self.send_operation_message(
             operation, {"id": operation.id, "type": "error", "payload": [error.formatted for error in errors]}
         )
-
-    async def _run_shared(self, operation: Operation, plan: SharedPlan) -> None:
-        writer = current_writer()
-        assert writer is not None
-        try:
-            payloads = await open_shared(self.context, self.router.planner, plan)
-        except GraphQLError as error:
-            await self.operation_error(operation, [error])
-            return
-        except Exception as error:  # noqa: BLE001 (a bug: log it; the client learns only that it failed)
-            await self.bug(error)
-            await self.operation_error(operation, [GraphQLError(MASKED_MESSAGE)])
-            return
-        head = f'{{"id":{orjson.dumps(operation.id).decode()},"type":"next","payload":'
-        try:
-            await self.send_payloads(operation, payloads, head, writer)
-        except GraphQLError as error:
-            await self._end_with(operation, error)
-        except SOCKET_GONE:
-            return
-        except Exception as error:  # noqa: BLE001 (a bug: log it, end the operation cleanly)
-            await self.bug(error)
-            await self._end_with(operation, GraphQLError(MASKED_MESSAGE))
-        finally:
-            await payloads.aclose()
-        await self.send_operation_message(operation, {"id": operation.id, "type": "complete"})
-
-    async def _end_with(self, operation: Operation, error: GraphQLError) -> None:
-        """graphql-transport-ws's way to end an operation with an error it can resume from:
-        a `next` carrying the error, then `complete`."""
-        await self.send_operation_message(operation, error_next(operation.id, error))
-        await self.send_operation_message(operation, {"id": operation.id, "type": "complete"})
 
     async def say_slow_consumer(self, operation_ids: list[str]) -> None:
         """Each operation gets the error and `complete`; the connection stays open for new ones."""
@@ -688,7 +690,11 @@ class LegacySocket(GraphQLSocket):
             return
         await self._stop(operation_id)
         query, variables, name = payload["query"], payload.get("variables"), payload.get("operationName")
-        self.start(operation_id, lambda operation: self.run_document(operation, query, variables, name))
+        plan = self.router.planner.plan(query, variables, name)
+        if plan is None:
+            self.start(operation_id, lambda operation: self.run_document(operation, query, variables, name))
+        else:
+            self.start(operation_id, lambda operation: self.run_shared(operation, plan))
 
     async def _stop(self, operation_id: str) -> None:
         """End a running operation; its `complete` is written once its task has ended."""
@@ -712,8 +718,8 @@ class LegacySocket(GraphQLSocket):
         await self.close(closes.SLOW_CONSUMER)
 
 
-def error_next(operation_id: str, error: GraphQLError) -> dict[str, Any]:
-    return {"id": operation_id, "type": "next", "payload": {"data": None, "errors": [error.formatted]}}
+def error_next(operation_id: str, error: GraphQLError, result_type: str = "next") -> dict[str, Any]:
+    return {"id": operation_id, "type": result_type, "payload": {"data": None, "errors": [error.formatted]}}
 
 
 def _payload(result: ExecutionResult) -> dict[str, Any]:
