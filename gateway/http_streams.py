@@ -19,6 +19,13 @@ result is asked for only after the previous frame was written (the response's
   flushed, ephemeral group removed, `complete` sent);
 - it counts as a connection in `stats` and against the connection limits while it is open.
 
+A subscription the planner takes (`resolvers.shared`) runs as on a WebSocket: its
+cohort renders each event once, and while the stream waits with nothing queued, the
+shared reader writes its frames itself (`Deliveries.write_directly`), through the
+response's ASGI `send` run by hand: it completes at once unless the transport is
+paused (the client reads slower than it is written to); such a write is left to the
+stream's own task, which finishes it under the deadline, and the frames after it.
+
 Two interoperability fixes as well: SSE lines end in LF rather than CRLF
 (both are valid SSE, but urql's parser only splits on LF), and a streaming
 response is chosen only when the client lists a streaming media type before
@@ -31,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Mapping
 from contextlib import aclosing, suppress
 from typing import Any, ClassVar
 
@@ -51,8 +58,11 @@ from strawberry.subscriptions import (
     GRAPHQL_WS_PROTOCOL,
     MULTIPART_SUBSCRIPTION_PROTOCOL,
 )
+from strawberry.types.graphql import OperationType
 
 from ..resolvers.context import GatewayContext, Principal
+from ..resolvers.events import DeliveryStream
+from ..resolvers.shared import Planner, open_shared
 from ..schema.errors import ErrorCode
 from ..streaming.errors import SlowConsumer
 from . import closes
@@ -73,6 +83,61 @@ JSON_MEDIA_TYPES = frozenset({"application/json", "application/graphql-response+
 _END = object()
 Encode = Callable[[object], str]
 Process = Callable[[Any], Awaitable[GraphQLHTTPResponse]]
+
+
+def _as_is(text: object) -> str:
+    assert isinstance(text, str)
+    return text
+
+
+def encode_rendered(transport: HTTPStreamTransport, payload: str) -> str:
+    """The `next` frame of a payload the cohort rendered as JSON text."""
+    if isinstance(transport, MultipartSubscriptionTransport):
+        return transport.encode_multipart_data(f'{{"payload":{payload}}}', _as_is)
+    return transport.encode_next(payload, _as_is)  # type: ignore[arg-type]  # SSE: the text is the event's data
+
+
+class StartedWrite:
+    """A frame's ASGI `send`, run by hand by the shared reader, that did not complete at
+    once (the transport is paused: the client reads slower than it is written to). The
+    stream's own task finishes it, under the deadline, in place of writing that frame."""
+
+    __slots__ = ("body", "step", "waiting")
+
+    def __init__(self, body: bytes, step: Generator[Any, None, None], waiting: object) -> None:
+        self.body = body
+        self.step = step
+        self.waiting: Any = waiting  # what the send waits on: asyncio's futures, or None (a bare yield)
+
+    @classmethod
+    def start(cls, send: Send, body: bytes) -> StartedWrite | None:
+        """Run `send` for `body` until it completes (None) or waits (the started write)."""
+        step = send({"type": "http.response.body", "body": body, "more_body": True}).__await__()
+        try:
+            waiting = step.send(None)
+        except StopIteration:
+            return None
+        return cls(body, step, waiting)
+
+    async def finish(self) -> None:
+        try:
+            while True:
+                if self.waiting is None:
+                    await asyncio.sleep(0)
+                else:
+                    await asyncio.wait([self.waiting])
+                try:
+                    self.waiting = self.step.send(None)
+                except StopIteration:
+                    return
+        except BaseException:
+            self.abandon()
+            raise
+
+    def abandon(self) -> None:
+        """The stream ends without this frame."""
+        with suppress(RuntimeError):
+            self.step.close()
 
 
 def error_result(code: ErrorCode, message: str) -> GraphQLHTTPResponse:
@@ -124,6 +189,7 @@ class HTTPSubscriptions:
     (`execute_operation`) and the response (`create_streaming_response`)."""
 
     runtime: Runtime
+    planner: Planner
     stream_transport_classes_by_protocol: ClassVar[Mapping[str, type[HTTPStreamTransport]]] = TRANSPORT_CLASSES
 
     async def parse_http_body(self, request: Any) -> GraphQLRequestData | list[GraphQLRequestData]:
@@ -136,19 +202,42 @@ class HTTPSubscriptions:
     async def execute_operation(
         self, request: Any, request_adapter: Any, request_data: Any, context: Any, root_value: Any, sub_response: Any
     ) -> Any:
-        """Strawberry's; a streamed result is kept for `create_streaming_response`, which
-        writes it itself (Strawberry's writer reads results ahead of the socket)."""
-        result = await super().execute_operation(  # type: ignore[misc]
-            request, request_adapter, request_data, context, root_value, sub_response
-        )
-        if (
+        """Strawberry's, or the shared path for a subscription the planner takes; a streamed
+        result is kept for `create_streaming_response`, which writes it itself (Strawberry's
+        writer reads results ahead of the socket)."""
+        streamed = (
             isinstance(request, Request)
             and isinstance(request_data, GraphQLRequestData)
             and request_data.protocol in STREAM_TRANSPORTS
             and isinstance(context, GatewayContext)
-        ):
-            request.state.subscription = (result, STREAM_TRANSPORTS[request_data.protocol], context.principal)
+        )
+        if streamed:
+            transport = STREAM_TRANSPORTS[request_data.protocol]
+            shared = await self._open_shared(request_adapter.method, request_data, context, transport)
+            if shared is not None:
+                request.state.subscription = (shared, transport, context.principal, True)
+                return shared
+        result = await super().execute_operation(  # type: ignore[misc]
+            request, request_adapter, request_data, context, root_value, sub_response
+        )
+        if streamed:
+            request.state.subscription = (result, STREAM_TRANSPORTS[request_data.protocol], context.principal, False)
         return result
+
+    async def _open_shared(
+        self, method: Any, request_data: GraphQLRequestData, context: GatewayContext, transport: HTTPStreamTransport
+    ) -> DeliveryStream[str] | None:
+        """The cohort's rendered payloads, or None for Strawberry's path (which also says
+        what is wrong with a subscription that cannot start)."""
+        if OperationType.SUBSCRIPTION not in transport.allowed_operation_types(OperationType.from_http(method)):
+            return None
+        plan = self.planner.plan(request_data.query, request_data.variables, request_data.operation_name)
+        if plan is None:
+            return None
+        try:
+            return await open_shared(context, self.planner, plan)
+        except Exception:  # noqa: BLE001 (a coded error or a bug: Strawberry's path reports it the usual way)
+            return None
 
     async def create_streaming_response(
         self, request: Any, stream: Callable[[], AsyncIterator[str]], sub_response: Response, headers: Mapping[str, str]
@@ -157,14 +246,14 @@ class HTTPSubscriptions:
         if kept is None:  # e.g. @defer results: Strawberry's response
             return await super().create_streaming_response(request, stream, sub_response, headers)  # type: ignore[misc,no-any-return]
         del request.state.subscription
-        results, transport, principal = kept
+        results, transport, principal, rendered = kept
 
         async def process(value: Any) -> GraphQLHTTPResponse:
             response: GraphQLHTTPResponse = await self.process_result(request, value)  # type: ignore[attr-defined]
             return response
 
         encode: Encode = self.encode_json_string  # type: ignore[attr-defined]
-        operation = HTTPOperation(results, transport, encode, process, principal)
+        operation = HTTPOperation(results, transport, encode, process, principal, rendered)
         return await self._respond(operation, sub_response, headers)
 
     async def _respond(self, stream: HTTPOperation, sub_response: Response, headers: Mapping[str, str]) -> Response:
@@ -195,8 +284,13 @@ class HTTPOperation:
         encode: Encode,
         process: Process,
         principal: Principal | None,
+        rendered: bool = False,
     ) -> None:
+        """`rendered`: the results are the shared path's payloads (JSON text), not Strawberry's."""
         self.principal = principal
+        self._rendered = rendered
+        self._direct = False  # while the shared reader may write this stream's frames itself
+        self.started: StartedWrite | None = None  # a write of the reader's, for the stream's task to finish
         self._results = results
         self._transport = transport
         self._encode = encode
@@ -207,6 +301,31 @@ class HTTPOperation:
 
     def __call__(self) -> AsyncGenerator[str, None]:
         return self._frames()
+
+    def write_directly(self, send: Send) -> None:
+        """Let the shared reader write the frames of a rendered stream itself, through the
+        response's `send` run by hand, while this stream waits for a result."""
+        results = self._results
+        if not self._rendered or not isinstance(results, DeliveryStream):
+            return
+        transport, stopping = self._transport, self._stopping
+        self._direct = True
+
+        def write_now(payload: str) -> bool:
+            if not self._direct or stopping.done() or self.started is not None:
+                return False
+            self.started = StartedWrite.start(send, encode_rendered(transport, payload).encode())
+            return self.started is None  # else the entry goes to this stream's task, which finishes the write
+
+        results.write_directly(write_now)
+
+    def stop_direct(self) -> None:
+        """No more frames from the shared reader (the stream is ending); a write it started
+        and nobody finished is abandoned."""
+        self._direct = False
+        started, self.started = self.started, None
+        if started is not None:
+            started.abandon()
 
     async def drain(self) -> None:
         """Complete the operation (its cursor flushed), as a shutdown does for sockets."""
@@ -263,7 +382,10 @@ class HTTPOperation:
             self._step = None
             if value is _END:
                 return
-            yield self._transport.encode_next(await self._process(value), self._encode)
+            if self._rendered:
+                yield encode_rendered(self._transport, value)
+            else:
+                yield self._transport.encode_next(await self._process(value), self._encode)
 
     async def _wait(self, step: asyncio.Future[Any]) -> _Wake:
         stopping = self._stopping
@@ -279,6 +401,7 @@ class HTTPOperation:
 
     async def _close_results(self) -> None:
         """End the subscription: its resolver releases the group whatever way we got here."""
+        self.stop_direct()
         step, self._step = self._step, None
         if step is not None:
             step.cancel()  # raised inside the resolver chain, which closes as it unwinds
@@ -307,13 +430,25 @@ class BoundedStreamingResponse(StreamingResponse):
     async def stream_response(self, send: Send) -> None:
         connection = self.operation.connection
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        self.operation.write_directly(send)
         async with aclosing(self.frames) as frames:
             try:
+                ahead = None  # a frame the shared reader began, finished before this one (a heartbeat)
                 async for frame in frames:
+                    body = frame.encode()
+                    if body == ahead:
+                        ahead = None
+                        continue
                     async with connection.deadline():
-                        await send({"type": "http.response.body", "body": frame.encode(), "more_body": True})
+                        started, self.operation.started = self.operation.started, None
+                        if started is not None:  # the shared reader began a frame: it goes first
+                            await started.finish()
+                            if started.body == body:
+                                continue
+                            ahead = started.body
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
             except SlowConsumer:
-                pass  # the frame was not written: its entry stays unacknowledged
+                self.operation.stop_direct()  # the frame was not written: its entry stays unacknowledged
             else:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return

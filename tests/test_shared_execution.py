@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import redis
+import transports
+from transports import BY_NAME, EVENT_TYPE
 
 from helpers import LEGACY_WS, GatewayServer, connect, make_token, publish, wait_until
 
@@ -89,3 +93,24 @@ async def test_plain_selections_render_without_execution_exactly_as_graphql_core
         publish(redis_client, tenant, "order_created", {"order_id": "o-2"}, occurred_at="2026-01-02T03:04:05")
         for _ in range(2):
             assert (await shared.recv())["payload"] == (await legacy.recv())["payload"]
+
+
+async def test_every_graphql_transport_joins_the_same_cohort(
+    gateway: GatewayServer, redis_client: redis.Redis, tenant: str
+) -> None:
+    """graphql-transport-ws, legacy graphql-ws, GraphQL over SSE and multipart HTTP: one
+    document, one cohort, one rendering per event for all four subscribers."""
+    token = make_token(tenant)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(transports.connect(BY_NAME[name], gateway, redis_client, tenant, token))
+            for name in ("graphql-transport-ws", "graphql-ws", "graphql-sse", "multipart")
+        ]  # each proved live by an event of its own: 4 renderings
+        (cohort,) = cohorts(gateway, tenant)
+        assert cohort.members == 4  # type: ignore[attr-defined]
+        ids = [publish(redis_client, tenant, EVENT_TYPE, {"n": n}) for n in range(3)]
+        for index, client in enumerate(clients):  # the later ones' proofs, then the three
+            later = [await client.event() for _ in range(len(clients) - 1 - index)]
+            assert [await client.event() for _ in ids] == ids, later
+        assert cohort.renders == 4 + 3  # type: ignore[attr-defined]
+    await wait_until(lambda: cohorts(gateway, tenant) == [])
