@@ -127,13 +127,26 @@ async def pump(
     accept: Accept,
     write: Callable[[Entry], Awaitable[None]],
     metrics: DeliveryMetrics | None = None,
+    write_now: Callable[[Entry], bool] | None = None,
 ) -> None:
-    """Write each accepted entry; the hub acknowledges it only when asked for the next one."""
+    """Write each accepted entry; the hub acknowledges it only when asked for the next one.
+    With `write_now`, the shared reader writes the entries itself while this waits
+    (`Deliveries.write_directly`: the fan-out writer); `write` takes the rest."""
     if metrics is None:
         metrics = DeliveryMetrics()  # counted nowhere
     metrics.opened(COMPAT_KIND, False)
+    latency = metrics.latency
     try:
         async with aclosing(hub.deliveries(subscription, accept)) as entries:
+            if write_now is not None:
+
+                def deliver(entry: Entry) -> bool:
+                    if not write_now(entry):
+                        return False
+                    latency.observe(entry)
+                    return True
+
+                entries.write_directly(deliver)
             async for entry in entries:
                 await write(entry)
                 metrics.latency.observe(entry)

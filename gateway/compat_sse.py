@@ -41,6 +41,7 @@ from .compat_base import (
     race,
 )
 from .connection import Connection
+from .handoff import HandOff
 from .limits import ConnectionRefused
 from .runtime import Runtime
 
@@ -98,6 +99,7 @@ class EventStream(ServerEnding, Response):
         self.connection = Connection(runtime, self, closes.WS_SLOW_CONSUMER)
         self._lock = asyncio.Lock()
         self._started = False
+        self._handoff: HandOff | None = None  # the response's writes, the shared reader's and ours
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         tenant_id = self.principal.tenant_id
@@ -129,20 +131,33 @@ class EventStream(ServerEnding, Response):
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         self._started = True
         await self._write(send, named_frame(CONNECTED_EVENT, self._connected()))
-        await race(
-            pump(
-                self.hub, subscription, self.channel.allowed, lambda entry: self._write(send, event_frame(entry)),
-                self.runtime.metrics.delivery,
-            ),
+        handoff = self._handoff = HandOff(send)
+        lock = self._lock
+
+        def write_now(entry: Entry) -> bool:
+            return not lock.locked() and handoff.try_write(event_frame(entry))
+
+        try:
+            await race(
+                pump(
+                    self.hub, subscription, self.channel.allowed, lambda entry: self._write(send, event_frame(entry)),
+                    self.runtime.metrics.delivery, write_now,
+                ),
             _disconnected(receive),
             self._ended_by_server(send),
-            *heartbeat_jobs(self.runtime.settings.sse_heartbeat, lambda: self._write(send, HEARTBEAT_FRAME)),
-        )
+                *heartbeat_jobs(self.runtime.settings.sse_heartbeat, lambda: self._write(send, HEARTBEAT_FRAME)),
+            )
+        finally:
+            handoff.close()
 
     async def _write(self, send: Send, frame: bytes) -> None:
-        """Write one frame; SlowConsumer when the client does not take it in time."""
+        """Write one frame (after one the shared reader began, `HandOff`); SlowConsumer when
+        the client does not take it in time."""
         async with self.connection.deadline(), self._lock:
-            await send({"type": "http.response.body", "body": frame, "more_body": True})
+            if self._handoff is not None:
+                await self._handoff.write(frame)
+            else:
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
 
     async def _last_words(self, send: Send, frame: bytes, *, more_body: bool = True) -> None:
         """A final write, given up if the client does not take it (it may have stopped reading)."""

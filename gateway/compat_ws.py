@@ -51,6 +51,7 @@ from .compat_base import (
 from .connection import Connection
 from .limits import ConnectionRefused
 from .runtime import Runtime
+from .wsprotocol import SEND_NOW
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +177,7 @@ class SocketSession(ServerEnding):
         self.selection = TypeSelection(channel.allowed, channel.initial)
         self._lock = asyncio.Lock()
         self._closed = False
+        self._send_now: Callable[[str], bool] | None = websocket.scope.get("extensions", {}).get(SEND_NOW)
         self._handlers: dict[str, Callable[[Message], Awaitable[Message]]] = {
             ClientMessage.SUBSCRIBE: self._subscribe,
             ClientMessage.PING: self._pong,
@@ -196,7 +198,10 @@ class SocketSession(ServerEnding):
         async with self.hub.subscribe(self.principal.tenant_id, self.channel.kind, cursor) as subscription:
             await self.send(self._connected())
             await race(
-                pump(self.hub, subscription, self.selection.accept, self._write_event, self.metrics),
+                pump(
+                    self.hub, subscription, self.selection.accept, self._write_event, self.metrics,
+                    None if self._send_now is None else self._write_now,
+                ),
                 self._receive(),
                 self._ended_by_server(),
                 *heartbeat_jobs(self.heartbeat, self._heartbeat),
@@ -255,13 +260,24 @@ class SocketSession(ServerEnding):
         await self.send(self._labelled({"type": ServerMessage.HEARTBEAT, "timestamp": now()}))
 
     async def _write_event(self, entry: Entry) -> None:
-        await self.send({
+        await self.send(self._event(entry))
+
+    def _write_now(self, entry: Entry) -> bool:
+        """The fan-out writer's write: the frame now, or False when the socket cannot take it
+        without waiting, is closing, or another write holds it."""
+        send_now = self._send_now
+        if send_now is None or self._closed or self._lock.locked():
+            return False
+        return send_now(orjson.dumps(self._event(entry)).decode())
+
+    def _event(self, entry: Entry) -> Message:
+        return {
             "type": self.channel.event_message,
             "id": entry.id,
             "event_type": entry.event_type,
             "data": entry.payload,
             "timestamp": entry.occurred_at.isoformat(),
-        })
+        }
 
     async def _fail(self, error: StreamingError) -> None:
         """Tell the client why its stream ended, then close with the matching code."""

@@ -22,9 +22,7 @@ result is asked for only after the previous frame was written (the response's
 A subscription the planner takes (`resolvers.shared`) runs as on a WebSocket: its
 cohort renders each event once, and while the stream waits with nothing queued, the
 shared reader writes its frames itself (`Deliveries.write_directly`), through the
-response's ASGI `send` run by hand: it completes at once unless the transport is
-paused (the client reads slower than it is written to); such a write is left to the
-stream's own task, which finishes it under the deadline, and the frames after it.
+response's ASGI `send` run by hand (`gateway.handoff`).
 
 Two interoperability fixes as well: SSE lines end in LF rather than CRLF
 (both are valid SSE, but urql's parser only splits on LF), and a streaming
@@ -38,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing, suppress
 from typing import Any, ClassVar
 
@@ -67,6 +65,7 @@ from ..schema.errors import ErrorCode
 from ..streaming.errors import SlowConsumer
 from . import closes
 from .connection import Connection
+from .handoff import HandOff
 from .limits import ConnectionRefused
 from .runtime import Runtime
 
@@ -95,49 +94,6 @@ def encode_rendered(transport: HTTPStreamTransport, payload: str) -> str:
     if isinstance(transport, MultipartSubscriptionTransport):
         return transport.encode_multipart_data(f'{{"payload":{payload}}}', _as_is)
     return transport.encode_next(payload, _as_is)  # type: ignore[arg-type]  # SSE: the text is the event's data
-
-
-class StartedWrite:
-    """A frame's ASGI `send`, run by hand by the shared reader, that did not complete at
-    once (the transport is paused: the client reads slower than it is written to). The
-    stream's own task finishes it, under the deadline, in place of writing that frame."""
-
-    __slots__ = ("body", "step", "waiting")
-
-    def __init__(self, body: bytes, step: Generator[Any, None, None], waiting: object) -> None:
-        self.body = body
-        self.step = step
-        self.waiting: Any = waiting  # what the send waits on: asyncio's futures, or None (a bare yield)
-
-    @classmethod
-    def start(cls, send: Send, body: bytes) -> StartedWrite | None:
-        """Run `send` for `body` until it completes (None) or waits (the started write)."""
-        step = send({"type": "http.response.body", "body": body, "more_body": True}).__await__()
-        try:
-            waiting = step.send(None)
-        except StopIteration:
-            return None
-        return cls(body, step, waiting)
-
-    async def finish(self) -> None:
-        try:
-            while True:
-                if self.waiting is None:
-                    await asyncio.sleep(0)
-                else:
-                    await asyncio.wait([self.waiting])
-                try:
-                    self.waiting = self.step.send(None)
-                except StopIteration:
-                    return
-        except BaseException:
-            self.abandon()
-            raise
-
-    def abandon(self) -> None:
-        """The stream ends without this frame."""
-        with suppress(RuntimeError):
-            self.step.close()
 
 
 def error_result(code: ErrorCode, message: str) -> GraphQLHTTPResponse:
@@ -289,8 +245,7 @@ class HTTPOperation:
         """`rendered`: the results are the shared path's payloads (JSON text), not Strawberry's."""
         self.principal = principal
         self._rendered = rendered
-        self._direct = False  # while the shared reader may write this stream's frames itself
-        self.started: StartedWrite | None = None  # a write of the reader's, for the stream's task to finish
+        self.handoff: HandOff | None = None  # while the shared reader may write this stream's frames itself
         self._results = results
         self._transport = transport
         self._encode = encode
@@ -302,30 +257,25 @@ class HTTPOperation:
     def __call__(self) -> AsyncGenerator[str, None]:
         return self._frames()
 
-    def write_directly(self, send: Send) -> None:
-        """Let the shared reader write the frames of a rendered stream itself, through the
-        response's `send` run by hand, while this stream waits for a result."""
+    def write_directly(self, send: Send) -> HandOff | None:
+        """Let the shared reader write the frames of a rendered stream itself (`HandOff`),
+        while this stream waits for a result; None for Strawberry's results."""
         results = self._results
         if not self._rendered or not isinstance(results, DeliveryStream):
-            return
+            return None
         transport, stopping = self._transport, self._stopping
-        self._direct = True
+        handoff = self.handoff = HandOff(send)
 
         def write_now(payload: str) -> bool:
-            if not self._direct or stopping.done() or self.started is not None:
-                return False
-            self.started = StartedWrite.start(send, encode_rendered(transport, payload).encode())
-            return self.started is None  # else the entry goes to this stream's task, which finishes the write
+            return not stopping.done() and handoff.try_write(encode_rendered(transport, payload).encode())
 
         results.write_directly(write_now)
+        return handoff
 
     def stop_direct(self) -> None:
-        """No more frames from the shared reader (the stream is ending); a write it started
-        and nobody finished is abandoned."""
-        self._direct = False
-        started, self.started = self.started, None
-        if started is not None:
-            started.abandon()
+        """No more frames from the shared reader (the stream is ending)."""
+        if self.handoff is not None:
+            self.handoff.close()
 
     async def drain(self) -> None:
         """Complete the operation (its cursor flushed), as a shutdown does for sockets."""
@@ -430,23 +380,15 @@ class BoundedStreamingResponse(StreamingResponse):
     async def stream_response(self, send: Send) -> None:
         connection = self.operation.connection
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        self.operation.write_directly(send)
+        handoff = self.operation.write_directly(send)
         async with aclosing(self.frames) as frames:
             try:
-                ahead = None  # a frame the shared reader began, finished before this one (a heartbeat)
                 async for frame in frames:
-                    body = frame.encode()
-                    if body == ahead:
-                        ahead = None
-                        continue
                     async with connection.deadline():
-                        started, self.operation.started = self.operation.started, None
-                        if started is not None:  # the shared reader began a frame: it goes first
-                            await started.finish()
-                            if started.body == body:
-                                continue
-                            ahead = started.body
-                        await send({"type": "http.response.body", "body": body, "more_body": True})
+                        if handoff is not None:  # the shared reader writes too
+                            await handoff.write(frame.encode())
+                        else:
+                            await send({"type": "http.response.body", "body": frame.encode(), "more_body": True})
             except SlowConsumer:
                 self.operation.stop_direct()  # the frame was not written: its entry stays unacknowledged
             else:
