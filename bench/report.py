@@ -345,6 +345,12 @@ def scenario_tables(results: ScenarioResults) -> str:
             f"rss {c['start']['rss_mb']:.1f}->{c['end']['rss_mb']:.1f} MB "
             f"rconn {c['start']['redis_connections']}->{c['end']['redis_connections']}"
             + (
+                f" gc {_num(c['gc_collected_per_cycle'], 1)} cyclic objects/cycle, "
+                f"{_num(c['gc_full_collections'], 0)} full collections"
+                if c.get("gc_collected_per_cycle") is not None
+                else ""
+            )
+            + (
                 f" gauges {_gauge_totals(c['start']['gauges'])}->{_gauge_totals(c['end']['gauges'])}"
                 if c["end"]["gauges"]
                 else ""

@@ -226,7 +226,18 @@ async def churn_run(rig: Rig, spec: TargetSpec) -> dict[str, Any]:
         "start": start,
         "end": end,
         "rss_growth_mb": end["rss_mb"] - start["rss_mb"],
+        "gc_collected_per_cycle": _per_cycle(start["gc"], end["gc"], "collected", config.churn_cycles),
+        "gc_full_collections": _delta(start["gc"], end["gc"], "full_collections"),
     }
+
+
+def _delta(start: dict[str, float], end: dict[str, float], name: str) -> float | None:
+    return end[name] - start[name] if name in start and name in end else None
+
+
+def _per_cycle(start: dict[str, float], end: dict[str, float], name: str, cycles: int) -> float | None:
+    delta = _delta(start, end, name)
+    return None if delta is None or not cycles else delta / cycles
 
 
 async def churn_cycles(
@@ -275,11 +286,34 @@ async def churn_state(
         "redis_connections": await rig.monitor.server_connections(),
         "threads": sum(p.num_threads() for p in tree.processes()),
         "gauges": await asyncio.to_thread(scrape_gauges, server.http_url),
+        "gc": await asyncio.to_thread(scrape_gc, server.http_url),
     }
 
 
 _GAUGE = re.compile(r"^([a-zA-Z_:][\w:]*(?:\{[^}]*\})?)\s+([-+0-9.eE]+|NaN)$")
 _INTERESTING = ("task", "subscri", "connection", "consumer", "group", "pending")
+
+
+def scrape_gc(base_url: str) -> dict[str, float]:
+    """The cyclic collector's totals, when the server exports prometheus-client's
+    `python_gc_*` (the gateway does): objects it freed (all generations) and full
+    (generation 2) collections."""
+    try:
+        with urllib.request.urlopen(base_url + "/metrics", timeout=5) as response:
+            text = response.read().decode("utf-8", "replace")
+    except Exception:  # noqa: BLE001 - a server without /metrics has no figures
+        return {}
+    figures: dict[str, float] = {}
+    for line in text.splitlines():
+        match = _GAUGE.match(line.strip())
+        if match is None:
+            continue
+        name, value = match.group(1), float(match.group(2))
+        if name.startswith("python_gc_objects_collected_total"):
+            figures["collected"] = figures.get("collected", 0.0) + value
+        elif name == 'python_gc_collections_total{generation="2"}':
+            figures["full_collections"] = value
+    return figures
 
 
 def scrape_gauges(base_url: str) -> dict[str, float]:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -175,10 +175,12 @@ def _labelled(kind: type[Any], name: str, documentation: str, label: str, counts
 
 
 def registry_for(runtime: Observed) -> CollectorRegistry:
-    """A registry of the gateway's figures and this process's (memory, CPU, file descriptors)."""
+    """A registry of the gateway's figures and this process's (memory, CPU, file descriptors,
+    and what the cyclic garbage collector found: `python_gc_*`)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GatewayCollector(runtime))
     ProcessCollector(registry=registry)
+    GCCollector(registry=registry)
     return registry
 
 

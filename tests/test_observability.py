@@ -126,6 +126,7 @@ async def test_metrics_move_as_a_session_subscribes_receives_fails_auth_and_disc
     assert value(after, "ragline_subscriptions_by_kind", kind="orders", durable="true") == 0
     assert value(after, "ragline_redis_available") == 1
     assert value(after, "process_resident_memory_bytes") > 0
+    assert value(after, "python_gc_collections_total", generation="0") > 0
 
 
 async def test_compat_figures_are_counted(
