@@ -127,13 +127,7 @@ class Subscription:
                 await self._handshake(token)
                 self.task = asyncio.create_task(self.receive())
                 return
-            except (
-                TimeoutError,
-                OSError,
-                InvalidHandshake,
-                ConnectionClosed,
-                ProtocolViolation,
-            ) as exc:
+            except CONNECT_ERRORS as exc:
                 error = exc
                 await self._drop()
                 await asyncio.sleep(0.2 * (attempt + 1))
@@ -156,11 +150,7 @@ class Subscription:
 
     async def _handshake(self, token: str) -> None:
         assert self.ws is not None
-        await self.ws.send(orjson.dumps(init_message(token)).decode())
-        reply = orjson.loads(await asyncio.wait_for(self.ws.recv(), 60))
-        if reply.get("type") != MessageType.CONNECTION_ACK.value:
-            raise ProtocolViolation(f'Expected "connection_ack", but got {reply!r:.200}')
-        await self.ws.send(SUBSCRIBE_TEXT)
+        await init_and_subscribe(self.ws, token, SUBSCRIBE_TEXT)
 
     async def _drop(self) -> None:
         if self.ws is not None:
@@ -205,12 +195,23 @@ class ProtocolViolation(Exception):
     """The server answered with something the protocol does not allow here."""
 
 
-class Fleet:
-    """All subscriptions of this process and the tallies of the current phase."""
+CONNECT_ERRORS = (TimeoutError, OSError, InvalidHandshake, ConnectionClosed, ProtocolViolation)
+
+
+async def init_and_subscribe(ws: ClientConnection, token: str, subscribe_text: str) -> None:
+    """`connection_init`, wait for the ack, then `subscribe`."""
+    await ws.send(orjson.dumps(init_message(token)).decode())
+    reply = orjson.loads(await asyncio.wait_for(ws.recv(), 60))
+    if reply.get("type") != MessageType.CONNECTION_ACK.value:
+        raise ProtocolViolation(f'Expected "connection_ack", but got {reply!r:.200}')
+    await ws.send(subscribe_text)
+
+
+class Listener:
+    """What every group of clients of this process keeps: error samples, how many sockets
+    the server closed, and when any frame last arrived."""
 
     def __init__(self) -> None:
-        self.subs: list[Subscription] = []
-        self.phase: Phase | None = None
         self.errors: list[str] = []
         self.server_closed = 0
         self.last_any_rx = 0.0  # any frame, of any phase: the server is still working
@@ -219,15 +220,32 @@ class Fleet:
         if len(self.errors) < ERROR_SAMPLES:
             self.errors.append(text[:300])
 
-    def on_frame(self, sub: Subscription, raw: str | bytes, now: float) -> str:
-        """The per-frame hot path: parse, check order, count, time."""
+    def read(self, raw: str | bytes, now: float, who: str) -> tuple[str, dict[str, Any] | None]:
+        """A frame's type, and the message if it is a `next` (an `error` or `complete` is
+        noted as an error of `who`)."""
         self.last_any_rx = now
         message = orjson.loads(raw)
         kind = message.get("type")
         if kind != MessageType.NEXT.value:
             if kind in (MessageType.ERROR.value, MessageType.COMPLETE.value):
-                self.note_error(f"sub {sub.spec.index}: {message!r}")
-            return str(kind)
+                self.note_error(f"{who}: {message!r}")
+            return str(kind), None
+        return str(kind), message
+
+
+class Fleet(Listener):
+    """All subscriptions of this process and the tallies of the current phase."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.subs: list[Subscription] = []
+        self.phase: Phase | None = None
+
+    def on_frame(self, sub: Subscription, raw: str | bytes, now: float) -> str:
+        """The per-frame hot path: parse, check order, count, time."""
+        kind, message = self.read(raw, now, f"sub {sub.spec.index}")
+        if message is None:
+            return kind
         event = message["payload"]["data"]["events"]
         self._record(sub, event["id"], event["payload"], now)
         return str(kind)
@@ -543,18 +561,8 @@ class StormClient:
             ws = None
             try:
                 ws = await connect(url, **ws_options(stalled=False))
-                await ws.send(orjson.dumps(init_message(self.token)).decode())
-                reply = orjson.loads(await asyncio.wait_for(ws.recv(), 60))
-                if reply.get("type") != MessageType.CONNECTION_ACK.value:
-                    raise ProtocolViolation(f'Expected "connection_ack", but got {reply!r:.200}')
-                await ws.send(STORM_SUBSCRIBE_TEXT)
-            except (
-                TimeoutError,
-                OSError,
-                InvalidHandshake,
-                ConnectionClosed,
-                ProtocolViolation,
-            ) as exc:
+                await init_and_subscribe(ws, self.token, STORM_SUBSCRIBE_TEXT)
+            except CONNECT_ERRORS as exc:
                 error = exc
                 if ws is not None:
                     with contextlib.suppress(Exception):
@@ -597,28 +605,18 @@ class StormClient:
                 await self.task
 
 
-class Storm:
+class Storm(Listener):
     """This process's storm clients and the bookkeeping of their ids."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.clients: list[StormClient] = []
         self.stream_ids: list[str] = []
-        self.errors: list[str] = []
-        self.server_closed = 0
-        self.last_any_rx = 0.0
-
-    def note_error(self, text: str) -> None:
-        if len(self.errors) < ERROR_SAMPLES:
-            self.errors.append(text[:300])
 
     def on_frame(self, client: StormClient, raw: str | bytes, now: float) -> str:
-        self.last_any_rx = now
-        message = orjson.loads(raw)
-        kind = message.get("type")
-        if kind != MessageType.NEXT.value:
-            if kind in (MessageType.ERROR.value, MessageType.COMPLETE.value):
-                self.note_error(f"storm client {client.index}: {message!r}")
-            return str(kind)
+        kind, message = self.read(raw, now, f"storm client {client.index}")
+        if message is None:
+            return kind
         data = (message.get("payload") or {}).get("data") or {}
         event = data.get("events")
         if not isinstance(event, dict) or "id" not in event:
