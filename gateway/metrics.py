@@ -159,6 +159,10 @@ class GatewayCollector(Collector):
             "ragline_slow_consumer_closes", "Connections ended for a client not reading in time",
             value=metrics.delivery.slow_consumers,
         )
+        yield CounterMetricFamily(
+            "ragline_filter_evaluations", "Payload filters (where) evaluated: once per event per distinct filter",
+            value=metrics.delivery.filter_evaluations,
+        )
         yield CounterMetricFamily("ragline_ping_timeouts", "Sockets closed for a missing pong", value=metrics.ping_timeouts)
         yield _labelled(CounterMetricFamily, "ragline_auth_failures", "Refused tokens by reason", "reason",
                         runtime.authenticator.failures)

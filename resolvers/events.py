@@ -26,7 +26,7 @@ from ..streaming.errors import (
 )
 from ..streaming.hub import Accept, Cursor, Deliveries, Durable
 from .context import GatewayContext, Principal
-from .filters import order_filter, type_filter
+from .filters import order_filter, type_filter, with_where
 from .metrics import LatencyHistogram
 
 T = TypeVar("T")
@@ -75,16 +75,26 @@ def order_status(entry: Entry) -> str | None:
 
 
 async def open_events(
-    context: GatewayContext, types: list[str] | None, after: str | None, durable: str | None
+    context: GatewayContext,
+    types: list[str] | None,
+    where: dict[str, Any] | None,
+    after: str | None,
+    durable: str | None,
 ) -> AsyncIterator[Event]:
-    entries = await open_entries(context, keys.EVENTS_KIND, type_filter(types), after, durable)
+    accept = with_where(type_filter(types), where, context.delivery)
+    entries = await open_entries(context, keys.EVENTS_KIND, accept, after, durable)
     return entries.map(to_event)
 
 
 async def open_order_events(
-    context: GatewayContext, order_id: str | None, after: str | None, durable: str | None
+    context: GatewayContext,
+    order_id: str | None,
+    where: dict[str, Any] | None,
+    after: str | None,
+    durable: str | None,
 ) -> AsyncIterator[OrderEvent]:
-    entries = await open_entries(context, keys.ORDERS_KIND, order_filter(order_id), after, durable)
+    accept = with_where(order_filter(order_id), where, context.delivery)
+    entries = await open_entries(context, keys.ORDERS_KIND, accept, after, durable)
     return entries.map(to_order_event)
 
 

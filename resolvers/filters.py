@@ -1,12 +1,15 @@
-"""Which entries a subscription delivers: type patterns and order filters."""
+"""Which entries a subscription delivers: type patterns, order filters and payload filters."""
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from ..schema.errors import ErrorCode, GatewayError
 from ..streaming.entries import Entry
 from ..streaming.hub import Accept
+from .metrics import DeliveryMetrics
+from .where import FilterError, compile_filter
 
 MAX_TYPE_PATTERNS = 50
 ORDER_PREFIX = "order_"
@@ -45,6 +48,26 @@ def order_filter(order_id: str | None) -> Accept:
         return order_id is None or str(found) == order_id
 
     return accept
+
+
+def with_where(accept: Accept, where: dict[str, Any] | None, metrics: DeliveryMetrics | None) -> Accept:
+    """`accept`, then the payload filter `where` (compiled now; a bad one is BAD_USER_INPUT),
+    each evaluation counted in `metrics`."""
+    try:
+        matches = compile_filter(where)
+    except FilterError as error:
+        raise GatewayError(ErrorCode.BAD_USER_INPUT, str(error)) from None
+    if matches is None:
+        return accept
+    counts = metrics if metrics is not None else DeliveryMetrics()
+
+    def accept_where(entry: Entry) -> bool:
+        if not accept(entry):
+            return False
+        counts.filter_evaluations += 1
+        return matches(entry.payload)
+
+    return accept_where
 
 
 def _accept_all(entry: Entry) -> bool:

@@ -44,6 +44,7 @@ class DeliveryMetrics:
 
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     slow_consumers: int = 0  # subscriptions ended because their client did not read in time
+    filter_evaluations: int = 0  # payload filters (`where`) evaluated: once per event and cohort
     # open subscriptions by (kind, durable); kind: "events", "orders" or "compat"
     subscriptions: dict[tuple[str, bool], int] = field(default_factory=dict)
 

@@ -17,7 +17,7 @@ from strawberry.types import ExecutionContext, Info
 from strawberry.types.unset import UNSET
 
 from ..schema.errors import is_internal
-from ..schema.types import SCALARS, Event, OrderEvent, Stats
+from ..schema.types import SCALARS, Event, EventFilter, OrderEvent, Stats
 from .context import GatewayContext
 from .events import open_events, open_order_events
 from .stats import resolve_stats
@@ -41,25 +41,34 @@ class Subscription:
         self,
         info: Info[GatewayContext, None],
         types: list[str] | None = UNSET,
+        where: EventFilter | None = UNSET,
         after: strawberry.ID | None = UNSET,
         durable: str | None = UNSET,
     ) -> AsyncIterator[Event]:
-        return await open_events(info.context, _given(types), _given(after), _given(durable))
+        return await open_events(info.context, _given(types), _where(where), _given(after), _given(durable))
 
     @strawberry.subscription(description="order_* events of the caller's tenant, optionally of one order.")  # type: ignore[untyped-decorator]
     async def order_events(
         self,
         info: Info[GatewayContext, None],
         order_id: str | None = UNSET,
+        where: EventFilter | None = UNSET,
         after: strawberry.ID | None = UNSET,
         durable: str | None = UNSET,
     ) -> AsyncIterator[OrderEvent]:
-        return await open_order_events(info.context, _given(order_id), _given(after), _given(durable))
+        return await open_order_events(
+            info.context, _given(order_id), _where(where), _given(after), _given(durable)
+        )
 
 
 def _given(value: T | None) -> T | None:
     """Arguments default to UNSET so the SDL shows no default; treat it as null."""
     return None if value is UNSET else value
+
+
+def _where(value: EventFilter | None) -> dict[str, object] | None:
+    """The filter in the form the planner gets it (`EventFilter.as_dict`)."""
+    return None if value is UNSET or value is None else value.as_dict()
 
 
 class GatewaySchema(strawberry.Schema):

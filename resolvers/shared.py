@@ -7,8 +7,9 @@ subscriber. For the common case (a valid subscription document whose only
 root field is `events` or `orderEvents`) the transport asks the `Planner`
 instead: it parses and validates each distinct document once, and each
 `Cohort` renders an entry to its `{"data": ...}` JSON once, whoever asks
-first. Every member still reads through its own consumer group and
-acknowledges after its own write; only the rendering is shared.
+first, and evaluates its payload filter (`where`, compiled once per plan) once per
+entry, whoever asks first. Every member still reads through its own consumer group
+and acknowledges after its own write; only the rendering and the filtering are shared.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ from ..streaming.hub import Accept
 from .context import GatewayContext
 from .events import DeliveryStream, open_entries, to_event, to_order_event
 from .filters import order_filter, type_filter
+from .metrics import DeliveryMetrics
 from .projection import Projector, compile_projection
+from .where import FilterError, Predicate, compile_filter
 
 _ROOTS: dict[str, tuple[str, Callable[[Entry], Any]]] = {
     "events": (keys.EVENTS_KIND, to_event),
@@ -64,6 +67,7 @@ class SharedPlan:
     field_name: str
     arguments: dict[str, Any]
     project: Projector | None = None       # set when the selection needs no execution
+    matches: Predicate | None = None       # the compiled `where`, if any
 
 
 @dataclass
@@ -72,9 +76,27 @@ class Cohort:
 
     plan: SharedPlan
     schema: GraphQLSchema
+    metrics: DeliveryMetrics | None = None
     members: int = 0
     renders: int = 0
+    evaluations: int = 0
     _cache: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    _decisions: OrderedDict[str, bool] = field(default_factory=OrderedDict)
+
+    def matches(self, entry: Entry) -> bool:
+        """Whether `entry`'s payload passes the plan's `where`: evaluated once per entry."""
+        decided = self._decisions.get(entry.id)
+        if decided is not None:
+            return decided
+        matches = self.plan.matches
+        decided = True if matches is None else matches(entry.payload)
+        self.evaluations += 1
+        if self.metrics is not None:
+            self.metrics.filter_evaluations += 1
+        self._decisions[entry.id] = decided
+        if len(self._decisions) > RENDER_CACHE_SIZE:
+            self._decisions.popitem(last=False)
+        return decided
 
     def render(self, entry: Entry) -> str:
         """The `payload` of the `next` message for `entry`, as JSON text."""
@@ -155,10 +177,10 @@ class Planner:
             return None
         return self._plan_operation(key, document, operation, variables)
 
-    def join(self, tenant_id: str, plan: SharedPlan) -> Cohort:
+    def join(self, tenant_id: str, plan: SharedPlan, metrics: DeliveryMetrics | None = None) -> Cohort:
         cohort = self._cohorts.get((tenant_id, plan.key))
         if cohort is None:
-            cohort = self._cohorts[(tenant_id, plan.key)] = Cohort(plan, self.schema)
+            cohort = self._cohorts[(tenant_id, plan.key)] = Cohort(plan, self.schema, metrics)
         cohort.members += 1
         return cohort
 
@@ -201,9 +223,12 @@ class Planner:
         assert subscription_type is not None
         try:
             arguments = get_argument_values(subscription_type.fields[node.name.value], node, coerced)
-        except GraphQLError:
+            matches = compile_filter(arguments.get("where"))
+        except (GraphQLError, FilterError):  # Strawberry's path says what is wrong
             return None
-        return SharedPlan(key, document, key[1], variables, node.name.value, arguments, compile_projection(node))
+        return SharedPlan(
+            key, document, key[1], variables, node.name.value, arguments, compile_projection(node), matches
+        )
 
 
 async def open_shared(context: GatewayContext, planner: Planner, plan: SharedPlan) -> DeliveryStream[str]:
@@ -213,12 +238,22 @@ async def open_shared(context: GatewayContext, planner: Planner, plan: SharedPla
     closing the stream releases the group and the cohort, even if never iterated."""
     kind, _ = _ROOTS[plan.field_name]
     after, durable = plan.arguments.get("after"), plan.arguments.get("durable")
-    entries = await open_entries(context, kind, _accept(plan), after, durable)
     assert context.principal is not None
     tenant_id = context.principal.tenant_id
-    cohort = planner.join(tenant_id, plan)
+    select = _accept(plan)  # the argument errors first, before the group is made
+    cohort = planner.join(tenant_id, plan, context.delivery)
+    try:
+        accept = select if plan.matches is None else _and(select, cohort.matches)
+        entries = await open_entries(context, kind, accept, after, durable)
+    except BaseException:
+        planner.leave(tenant_id, cohort)
+        raise
     entries.on_close(planner.leave, tenant_id, cohort)
     return entries.map(cohort.render)
+
+
+def _and(select: Accept, matches: Accept) -> Accept:
+    return lambda entry: select(entry) and matches(entry)
 
 
 def _accept(plan: SharedPlan) -> Accept:

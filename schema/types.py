@@ -62,3 +62,48 @@ class Stats:
     dead_lettered: Long
     redis_available: bool = strawberry.field(description="Whether Redis answers right now.")
     tenants: list[TenantStats] = strawberry.field(description="Per-tenant figures, by tenant id.")
+
+
+@strawberry.input(
+    description=(
+        "A condition on the event's payload, or a combination of conditions. A filter\n"
+        "holds either exactly one of `and`, `or`, `not`, or a `path` with exactly one operator."
+    )
+)
+class EventFilter:
+    and_: list[EventFilter] | None = strawberry.field(name="and", default=strawberry.UNSET)
+    or_: list[EventFilter] | None = strawberry.field(name="or", default=strawberry.UNSET)
+    not_: EventFilter | None = strawberry.field(name="not", default=strawberry.UNSET)
+    path: str | None = strawberry.field(
+        default=strawberry.UNSET,
+        description='Dotted path into the payload: "status", "customer.tier", "items.sku", "items.0.sku".',
+    )
+    eq: JSON | None = strawberry.UNSET
+    ne: JSON | None = strawberry.UNSET
+    gt: JSON | None = strawberry.UNSET
+    gte: JSON | None = strawberry.UNSET
+    lt: JSON | None = strawberry.UNSET
+    lte: JSON | None = strawberry.UNSET
+    in_: list[JSON] | None = strawberry.field(name="in", default=strawberry.UNSET)
+    not_in: list[JSON] | None = strawberry.field(name="notIn", default=strawberry.UNSET)
+    contains: JSON | None = strawberry.field(
+        default=strawberry.UNSET,
+        description="A string that contains this substring, or a list that contains this value.",
+    )
+    begins_with: str | None = strawberry.field(name="beginsWith", default=strawberry.UNSET)
+    exists: bool | None = strawberry.UNSET
+
+    def as_dict(self) -> dict[str, object]:
+        """The filter as graphql-core hands it to the planner: GraphQL names, omitted fields
+        absent, a null given present (the form `resolvers.where` compiles)."""
+        found: dict[str, object] = {}
+        for field in self.__strawberry_definition__.fields:  # type: ignore[attr-defined]
+            value = getattr(self, field.python_name)
+            if value is strawberry.UNSET:
+                continue
+            if isinstance(value, EventFilter):
+                value = value.as_dict()
+            elif isinstance(value, list) and field.python_name in ("and_", "or_"):
+                value = [child.as_dict() for child in value]
+            found[field.graphql_name or field.python_name] = value
+        return found

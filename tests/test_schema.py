@@ -19,8 +19,12 @@ def test_exported_sdl_matches_the_live_schema() -> None:
 
 def test_the_schema_has_the_contract_fields() -> None:
     sdl = SCHEMA.as_str()
-    assert "events(types: [String!], after: ID, durable: String): Event!" in sdl
-    assert "orderEvents(orderId: String, after: ID, durable: String): OrderEvent!" in sdl
+    assert "events(types: [String!], where: EventFilter, after: ID, durable: String): Event!" in sdl
+    assert "orderEvents(orderId: String, where: EventFilter, after: ID, durable: String): OrderEvent!" in sdl
+    fields = "and: [EventFilter!] or: [EventFilter!] not: EventFilter path: String eq: JSON ne: JSON gt: JSON gte: JSON"
+    fields += " lt: JSON lte: JSON in: [JSON!] notIn: [JSON!] contains: JSON beginsWith: String exists: Boolean"
+    event_filter = sdl.split("input EventFilter {", 1)[1].split("}", 1)[0]
+    assert " ".join(line.strip() for line in event_filter.splitlines() if ":" in line and '"' not in line) == fields
     assert "scalar DateTime" in sdl and "scalar JSON" in sdl
 
 
