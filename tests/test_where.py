@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -232,3 +233,36 @@ async def test_subscribers_with_the_same_filter_share_one_evaluation_per_event(
         assert [e["id"] for e in await c.collect("4", "events", 1)] == [ids[1]]
         await wait_until(lambda: all(g["last-delivered-id"] == ids[2] for g in groups(redis_client, tenant)))
         assert await metric(gateway.port, "ragline_filter_evaluations_total") - before == 2 * 3
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "graphql" / "operations"
+
+
+async def test_the_documented_examples_select_what_they_say(
+    gateway: GatewayServer, redis_client: redis.Redis, tenant: str
+) -> None:
+    """docs/filters.md includes these operations from graphql/operations/."""
+    examples = {
+        "kitchenStation": ({"station": "grill"}, "orderEvents"),
+        "largeOrders": ({"minimum": 100}, "orderEvents"),
+        "conversationToolCalls": ({"conversation": "c-7"}, "events"),
+    }
+    async with connect(gateway.ws_url, token=make_token(tenant)) as client:
+        for name, (variables, _) in examples.items():
+            await client.subscribe(name, (EXAMPLES / f"{name}.graphql").read_text(), variables)
+        await wait_until(lambda: len(groups(redis_client, tenant)) == len(examples))
+        events = [
+            ("order_created", {"order_id": "o1", "station": "grill", "status": "new", "total": 40, "currency": "EUR"}),
+            ("order_updated", {"order_id": "o1", "station": "grill", "status": "done", "total": 40, "currency": "EUR"}),
+            ("order_created", {"order_id": "o2", "station": "bar", "status": "new", "total": 180, "currency": "EUR"}),
+            ("order_created", {"order_id": "o3", "station": "bar", "status": "new", "total": 250, "currency": "USD"}),
+            ("tool_call", {"conversation_id": "c-7", "tool": "search"}),
+            ("tool_call", {"conversation_id": "c-8", "tool": "search"}),
+            ("notification", {"conversation_id": "c-7"}),
+        ]
+        ids = [publish(redis_client, tenant, kind, payload) for kind, payload in events]
+        received = await client.collect_by_id({"kitchenStation": 1, "largeOrders": 1, "conversationToolCalls": 1})
+        await client.expect_silence(0.3)
+    assert {name: [e["id"] for e in got] for name, got in received.items()} == {
+        "kitchenStation": [ids[0]], "largeOrders": [ids[2]], "conversationToolCalls": [ids[4]],
+    }
