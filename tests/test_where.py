@@ -3,16 +3,14 @@ variables, limits, history replay, durable cursors, over real clients."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis
 from gql import Client, GraphQLRequest
 from gql.transport.websockets import WebsocketsTransport
+from test_http_subscriptions import MULTIPART, SSE, next_data, subscription
 
 from helpers import GatewayServer, connect, groups, make_token, metric, publish, wait_until
 from ragline.streaming import keys
@@ -98,28 +96,21 @@ async def test_every_operator_and_path_over_graphql_ws(
             assert [e["id"] for e in received[name]] == want, name
 
 
-async def test_a_filter_with_order_id_and_as_a_variable_over_graphql_sse(
-    gateway: GatewayServer, redis_client: redis.Redis, tenant: str
+@pytest.mark.parametrize("accept", [SSE, MULTIPART], ids=["graphql-sse", "multipart"])
+async def test_a_filter_with_order_id_and_as_a_variable_over_http(
+    gateway: GatewayServer, redis_client: redis.Redis, tenant: str, accept: str
 ) -> None:
     marker, ids = published(redis_client, tenant)
     variables = {"orderId": "o1", "where": {"path": "status", "eq": "done"}, "after": marker}
-    headers = {"accept": "text/event-stream", "authorization": f"Bearer {make_token(tenant)}"}
-    async with httpx.AsyncClient(timeout=10) as http, http.stream(
-        "POST", gateway.http_url, json={"query": ORDERS, "variables": variables}, headers=headers
-    ) as response:
+    async with subscription(gateway.http_url, accept, ORDERS, make_token(tenant), variables) as (response, messages):
         assert response.status_code == 200
-        lines = response.aiter_lines()
-        first = await asyncio.wait_for(_next_id(lines), 10)
+        first = await next_data(messages, "orderEvents", 1)
         later = publish(redis_client, tenant, "order_updated", {"order_id": "o1", "status": "done"})
-        publish(redis_client, tenant, "order_updated", {"order_id": "o2", "status": "done"})  # other order
-        assert [first, await asyncio.wait_for(_next_id(lines), 10)] == [ids[2], later]
-
-
-async def _next_id(lines: Any) -> str:
-    async for line in lines:
-        if line.startswith("data:") and line[5:].strip():
-            return str(json.loads(line[5:])["data"]["orderEvents"]["id"])
-    raise AssertionError("the stream ended")
+        publish(redis_client, tenant, "order_updated", {"order_id": "o2", "status": "done"})  # another order
+        publish(redis_client, tenant, "order_updated", {"order_id": "o1", "status": "paid"})  # another status
+        closing = publish(redis_client, tenant, "order_updated", {"order_id": "o1", "status": "done"})
+        got = first + await next_data(messages, "orderEvents", 2)
+    assert [e["id"] for e in got] == [ids[2], later, closing]
 
 
 async def test_a_filter_given_as_a_variable_over_gql(
