@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import psutil
 
 from bench.config import BenchConfig, build_parser, config_from_args
+from bench.filters import filters_run, filters_unsupported
 from bench.report import print_summary, write_chart, write_json
 from bench.results import LOADER_BUSY, RunResult, to_jsonable
 from bench.rig import Rig, build_rig
@@ -142,6 +143,34 @@ async def run_storm(rig: Rig, specs: list[TargetSpec], results: ScenarioResults)
                 )
 
 
+async def run_filters(rig: Rig, specs: list[TargetSpec], results: ScenarioResults) -> None:
+    """Unfiltered, then filtered subscribers on every target that takes `where`; the
+    others are skipped."""
+    capable = []
+    for spec in specs:
+        reason = filters_unsupported(spec)
+        if reason:
+            logger.info("filters: skipping %s: %s", spec.name, reason)
+            results.skipped[f"{spec.name} (filters)"] = reason
+        else:
+            capable.append(spec)
+    subs, count = rig.config.filter_subs, rig.config.filter_count
+    for spec in capable:
+        logger.info(
+            "== filters %s: %s subs, %s filters on %s", spec.name, subs, count, rig.topology.label
+        )
+        try:
+            results.filters.append({**await filters_run(rig, spec), "redis": rig.topology.label})
+        except Exception as exc:
+            logger.exception("filters %s failed", spec.name)
+            results.failures.append(
+                {
+                    "what": f"filters {spec.name} S={subs} F={count} on {rig.topology.label}",
+                    "error": f"{type(exc).__name__}: {exc}",
+                }
+            )
+
+
 async def run(
     config: BenchConfig, out_dir: Path, stamp: str
 ) -> tuple[ScenarioResults, dict[str, Any]]:
@@ -161,6 +190,8 @@ async def run(
                     await run_scenario(rig, name, specs, results)
             if "storm" in config.scenarios:
                 await run_storm(rig, specs, results)
+            if "filters" in config.scenarios:
+                await run_filters(rig, specs, results)
     meta["seconds"] = time.monotonic() - meta.pop("_started")
     return results, meta
 
@@ -213,6 +244,7 @@ def describe(config: BenchConfig, stamp: str) -> dict[str, Any]:
             "redis_topology": "each run's `redis` names an entry of meta.redis; clusters started by the harness are fresh per topology (tests/cluster.py)",
             "rss_per_sub": "(tree RSS with S primed subs - RSS before connecting) / S",
             "storm": "N users, one durable events subscription each, one tenant; caught up = every client has every stream entry after the last id it had received before leaving; resume CPU and Redis commands from the first reconnect until all caught up + settle_seconds, per resume = / clients reconnected; already_seen = distinct ids a client got on resume that it had got before leaving; lost = expected ids never got",
+            "filters": "one tenant, S subscribers, each run on a fresh target; unfiltered: E events to all S; filtered: subscriber i has where {path: station, eq: s<i mod F>}, F*E events with payload.station cycling over the F stations, each to its S/F subscribers (same S*E deliveries); deliveries/s as the throughput burst's; losses per subscriber = its station's published count minus distinct ids received; evaluations per event = ragline_filter_evaluations_total delta over the burst (read once it stops moving) / events published",
             "machine_cpu": "psutil.cpu_times over all cores, busy (total - idle - iowait) delta / total delta, from before a phase's first publish until every load process reported",
             "client_bound": f"a phase is flagged (loaders_busy) when a load process used more than {LOADER_BUSY:.0%} of a core over it, in every phase; and ceiling rate >= subject rate",
         },

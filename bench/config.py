@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bench.servers import REPO_ROOT, TargetSpec, parse_target
 
-SCENARIOS = ("throughput", "idle", "stalled", "churn", "storm")
+SCENARIOS = ("throughput", "idle", "stalled", "churn", "storm", "filters")
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,9 @@ class BenchConfig:
     storm_batches: int = 10  # leave batches
     storm_batch_events: int = 4  # events published after each batch leaves
     storm_gone_events: int = 20  # more events published with everyone gone
+    # filters: S subscribers on one tenant, subscriber i with payload filter i mod F
+    filter_subs: int = 1000
+    filter_count: int = 10  # distinct filters (stations)
     # waiting
     idle_timeout: float = 10.0  # give up on a phase after this long without progress
     phase_timeout: float = 600.0
@@ -83,6 +86,7 @@ QUICK: dict[str, object] = {
     "churn_cycles": 600,
     "churn_warmup": 200,
     "storm_subs": (200,),
+    "filter_subs": 200,
     "idle_timeout": 5.0,
     "settle_seconds": 0.5,
 }
@@ -157,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--storm-batches", type=int, help="storm: batches the clients leave in")
     add("--storm-batch-events", type=int, help="storm: events published after each batch leaves")
     add("--storm-gone-events", type=int, help="storm: events published once all have left")
+    add("--filter-subs", type=int, help="filters: subscribers on the one tenant")
+    add(
+        "--filter-count",
+        type=int,
+        help="filters: distinct payload filters (subscriber i gets filter i mod F)",
+    )
     add("--idle-timeout", type=float)
     add("--phase-timeout", type=float)
     add("--settle-seconds", type=float)
@@ -202,9 +212,12 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def check_redis_choice(config: BenchConfig) -> None:
-    """Refuse what cannot run: a negative size, or emptying someone's Redis unasked."""
+    """Refuse what cannot run: a negative size, more filters than filtered subscribers,
+    or emptying someone's Redis unasked."""
     if any(size < 0 for size in config.cluster) or config.cluster_replicas < 0:
         raise SystemExit("--cluster and --cluster-replicas take counts of 0 or more")
+    if "filters" in config.scenarios and not 1 <= config.filter_count <= config.filter_subs:
+        raise SystemExit("--filter-count must be at least 1 and at most --filter-subs")
     if config.redis_url and not config.allow_flush:
         raise SystemExit(
             "The harness empties Redis (FLUSHALL on every primary) before every run;"

@@ -5,7 +5,10 @@ Each subscription is one WebSocket connection (compression off) carrying one
 is receipt time minus the millisecond in the entry id. Per subscription the
 entry ids are checked for order and duplicates, and the distinct ids of the
 current phase are counted against what the publisher says it appended, which
-gives losses. The storm scenario's clients (`storm_*` commands) are kept apart:
+gives losses. A subscription may carry a `where` (the filters scenario) and the
+station it filters on: it then expects only its station's events, counted
+against the publisher's per-station counts, and any other station's event it
+gets is counted as unexpected. The storm scenario's clients (`storm_*` commands) are kept apart:
 one durable subscription per user, the ids each got before leaving and after
 coming back. The orchestrator drives this process over stdin (bench.rpc);
 run as `python -m bench.load`.
@@ -32,6 +35,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from bench import rpc
 from bench.metrics import LatencyHistogram, self_cpu_seconds
 from bench.protocol import (
+    EVENTS_QUERY,
+    STATION_FIELD,
     STORM_QUERY,
     SUBPROTOCOL,
     MessageType,
@@ -72,11 +77,24 @@ def ws_options(stalled: bool) -> dict[str, Any]:
 
 @dataclass
 class SubSpec:
-    """Which tenant a subscription belongs to and whether it will be told to stall."""
+    """Which tenant a subscription belongs to and whether it will be told to stall; the
+    filters scenario's also say which document to send, with which `where`, and the
+    station whose events alone the subscription expects."""
 
     index: int
     tenant: str
     stall: bool = False
+    query: str | None = None  # None: EVENTS_QUERY
+    where: dict[str, Any] | None = None  # sent as the `where` variable
+    station: str | None = None  # expects only events whose payload has this station
+
+
+def subscribe_text(spec: SubSpec) -> str:
+    """The spec's `subscribe` message as text."""
+    if spec.query is None and spec.where is None:
+        return SUBSCRIBE_TEXT
+    variables = None if spec.where is None else {"where": spec.where}
+    return orjson.dumps(subscribe_message(spec.query or EVENTS_QUERY, variables)).decode()
 
 
 @dataclass
@@ -91,7 +109,16 @@ class Phase:
     last_rx: float = 0.0
     duplicates: int = 0
     out_of_order: int = 0
+    unexpected: int = 0  # a filtered subscription got another station's event
     targets: dict[str, int] | None = None
+    station_targets: dict[str, dict[str, int]] | None = None  # per tenant, per station
+
+    def target(self, spec: SubSpec) -> int:
+        """What a subscription expects in this phase: its tenant's count, or for a filtered
+        one its tenant's count of its station."""
+        if spec.station is not None:
+            return (self.station_targets or {}).get(spec.tenant, {}).get(spec.station, 0)
+        return (self.targets or {}).get(spec.tenant, 0)
     remaining: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -150,7 +177,7 @@ class Subscription:
 
     async def _handshake(self, token: str) -> None:
         assert self.ws is not None
-        await init_and_subscribe(self.ws, token, SUBSCRIBE_TEXT)
+        await init_and_subscribe(self.ws, token, subscribe_text(self.spec))
 
     async def _drop(self) -> None:
         if self.ws is not None:
@@ -267,6 +294,10 @@ class Fleet(Listener):
             payload = orjson.loads(payload)
         if phase is None or payload.get("phase") != phase.name:
             return
+        station = sub.spec.station
+        if station is not None and payload.get(STATION_FIELD) != station:
+            phase.unexpected += 1
+            return
         sub.seen.add(entry_id)
         if sub.healthy:
             phase.hist.add(now - int(millis) / 1000)
@@ -278,7 +309,7 @@ class Fleet(Listener):
         """Count a healthy subscription out of the wait once it has everything (or is gone)."""
         if phase.targets is None or sub.counted:
             return
-        if sub.closed or len(sub.seen) >= phase.targets.get(sub.spec.tenant, 0):
+        if sub.closed or len(sub.seen) >= phase.target(sub.spec):
             sub.counted = True
             phase.remaining -= 1
             if phase.remaining <= 0:
@@ -344,20 +375,25 @@ async def begin_phase(name: str) -> dict[str, Any]:
 
 
 async def wait_phase(
-    expected: dict[str, int], idle_timeout: float, timeout: float
+    expected: dict[str, int],
+    idle_timeout: float,
+    timeout: float,
+    by_station: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, Any]:
-    """Wait until every healthy subscription has its tenant's expected count, or progress stops."""
+    """Wait until every healthy subscription has its expected count (its tenant's, or for a
+    filtered one its tenant's of its station: `by_station`), or progress stops."""
     phase = FLEET.phase
     assert phase is not None
     healthy = [s for s in FLEET.subs if s.healthy]
     phase.targets = expected
+    phase.station_targets = by_station
     phase.remaining = len(healthy)
     if not healthy:
         phase.done.set()
     for sub in healthy:
         FLEET._maybe_complete(sub, phase)
     await _wait_until_done_or_idle(phase, idle_timeout, timeout)
-    return phase_report(phase, healthy, expected)
+    return phase_report(phase, healthy)
 
 
 async def _wait_until_done_or_idle(phase: Phase, idle_timeout: float, timeout: float) -> None:
@@ -374,12 +410,10 @@ async def _wait_until_done_or_idle(phase: Phase, idle_timeout: float, timeout: f
             return
 
 
-def phase_report(
-    phase: Phase, healthy: list[Subscription], expected: dict[str, int]
-) -> dict[str, Any]:
+def phase_report(phase: Phase, healthy: list[Subscription]) -> dict[str, Any]:
     """The phase's tallies as plain data for the orchestrator."""
     stalled = [s for s in FLEET.subs if not s.healthy]
-    want = [expected.get(s.spec.tenant, 0) for s in healthy]
+    want = [phase.target(s.spec) for s in healthy]
     got = [min(len(s.seen), w) for s, w in zip(healthy, want)]
     return {
         "subs": len(healthy),
@@ -389,6 +423,7 @@ def phase_report(
         "incomplete_subs": sum(1 for g, w in zip(got, want) if g < w),
         "duplicates": phase.duplicates,
         "out_of_order": phase.out_of_order,
+        "unexpected": phase.unexpected,
         "first_rx": phase.first_rx,
         "last_rx": phase.last_rx or None,
         "hist": phase.hist.to_dict(),

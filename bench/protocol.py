@@ -24,6 +24,11 @@ OPERATION_ID = "1"
 # The storm scenario's clients: a durable cursor each (the name is scoped per user).
 STORM_DURABLE = "storm"
 STORM_QUERY = f'subscription {{ events(durable: "{STORM_DURABLE}") {{ id type }} }}'
+# The filters scenario's document: with `where` in the variables (filtered run) and
+# without (unfiltered run), so both runs render the same selection.
+FILTER_QUERY = "subscription($where: EventFilter) { events(where: $where) { id type payload } }"
+# The payload field the filters scenario's events carry and its subscribers filter on.
+STATION_FIELD = "station"
 
 # The harness names its own Redis connections with this prefix so that
 # CLIENT LIST can tell them apart from the server's connections.
@@ -97,13 +102,25 @@ def init_message(token: str) -> dict[str, Any]:
     }
 
 
-def subscribe_message(query: str = EVENTS_QUERY) -> dict[str, Any]:
-    """The subscribe message every benchmark client sends (the storm's sends STORM_QUERY)."""
-    return {
-        "id": OPERATION_ID,
-        "type": MessageType.SUBSCRIBE.value,
-        "payload": {"query": query},
-    }
+def subscribe_message(
+    query: str = EVENTS_QUERY, variables: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The subscribe message every benchmark client sends (the storm's sends STORM_QUERY,
+    the filters scenario's FILTER_QUERY, with `where` in the variables when filtered)."""
+    payload: dict[str, Any] = {"query": query}
+    if variables is not None:
+        payload["variables"] = variables
+    return {"id": OPERATION_ID, "type": MessageType.SUBSCRIBE.value, "payload": payload}
+
+
+def station_name(index: int) -> str:
+    """The filters scenario's station k: its events carry `payload.station = "s<k>"`."""
+    return f"s{index}"
+
+
+def station_filter(station: str) -> dict[str, Any]:
+    """The `where` (EventFilter) a filtered subscriber of `station` sends."""
+    return {"path": STATION_FIELD, "eq": station}
 
 
 def complete_message() -> dict[str, Any]:

@@ -5,7 +5,9 @@ paces appends against the clock and reports how far it ever fell behind its
 schedule (its own bottleneck check). On a Redis Cluster the same pipelines go
 through redis-py's cluster client, which splits each into one per node and
 sends those concurrently. Every event's payload carries the phase name, so
-the clients count only what belongs to the phase being measured.
+the clients count only what belongs to the phase being measured; given a list
+of stations (the filters scenario), each tenant's events also carry
+`station`, cycling over the list, and the counts are kept per station too.
 Run as `python -m bench.publisher`; driven over stdin (bench.rpc).
 """
 
@@ -23,7 +25,7 @@ import orjson
 
 from bench import rpc
 from bench.metrics import self_cpu_seconds
-from bench.protocol import BENCH_CLIENT_PREFIX, stream_key
+from bench.protocol import BENCH_CLIENT_PREFIX, STATION_FIELD, stream_key
 from bench.servers import raise_nofile_limit
 from ragline.streaming.connections import AnyRedis, open_client
 
@@ -40,6 +42,8 @@ class Tally:
     """What one publishing call appended."""
 
     counts: dict[str, int] = field(default_factory=dict)
+    # per tenant, per station: only when the events carry stations
+    station_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     t_start: float = 0.0
     t_end: float = 0.0
     max_lag_s: float = 0.0
@@ -51,6 +55,7 @@ class Tally:
         elapsed = max(self.t_end - self.t_start, 1e-9)
         return {
             "counts": self.counts,
+            "station_counts": self.station_counts,
             "events": total,
             "commands": {"xadd": total},
             "t_start": self.t_start,
@@ -71,10 +76,14 @@ class Publisher:
         self.trickle_task: asyncio.Task[Tally] | None = None
         self.trickle_stop = asyncio.Event()
 
-    def fields(self, tenant: str, phase: str, pad: str) -> dict[str, str]:
+    def fields(
+        self, tenant: str, phase: str, pad: str, station: str | None = None
+    ) -> dict[str, str]:
         """One event's fields; seq makes every payload distinct."""
         self.seq += 1
         payload: dict[str, Any] = {"order_id": f"o{self.seq}", "seq": self.seq, "phase": phase}
+        if station is not None:
+            payload[STATION_FIELD] = station
         if pad:
             payload["pad"] = pad
         return {
@@ -85,15 +94,28 @@ class Publisher:
         }
 
     async def append(
-        self, tenants: list[str], start: int, count: int, phase: str, pad: str, tally: Tally
+        self,
+        tenants: list[str],
+        start: int,
+        count: int,
+        phase: str,
+        pad: str,
+        tally: Tally,
+        stations: list[str] | None = None,
     ) -> None:
-        """Append events start..start+count-1, tenant chosen round-robin, in pipelines."""
+        """Append events start..start+count-1, tenant chosen round-robin, in pipelines;
+        with `stations`, a tenant's k-th event of the call carries station k mod F."""
         assert self.redis is not None
         for batch_start in range(start, start + count, PIPELINE_BATCH):
             pipe = self.redis.pipeline(transaction=False)
             for n in range(batch_start, min(batch_start + PIPELINE_BATCH, start + count)):
                 tenant = tenants[n % len(tenants)]
-                pipe.xadd(stream_key(tenant), self.fields(tenant, phase, pad))  # type: ignore[arg-type]
+                station = None
+                if stations:
+                    station = stations[(n // len(tenants)) % len(stations)]
+                    by_station = tally.station_counts.setdefault(tenant, {})
+                    by_station[station] = by_station.get(station, 0) + 1
+                pipe.xadd(stream_key(tenant), self.fields(tenant, phase, pad, station))  # type: ignore[arg-type]
                 tally.counts[tenant] = tally.counts.get(tenant, 0) + 1
             replies = await pipe.execute()
             if replies:
@@ -143,13 +165,18 @@ async def connect(url: str) -> dict[str, Any]:
 
 
 async def burst(
-    tenants: list[str], events_per_tenant: int, phase: str, payload_bytes: int = 0
+    tenants: list[str],
+    events_per_tenant: int,
+    phase: str,
+    payload_bytes: int = 0,
+    stations: list[str] | None = None,
 ) -> dict[str, Any]:
-    """events_per_tenant events to every tenant, interleaved, as fast as Redis takes them."""
+    """events_per_tenant events to every tenant, interleaved, as fast as Redis takes them
+    (each tenant's cycling over `stations`, when given)."""
     tally = Tally()
     tally.t_start = time.time()
     await PUBLISHER.append(
-        tenants, 0, events_per_tenant * len(tenants), phase, "x" * payload_bytes, tally
+        tenants, 0, events_per_tenant * len(tenants), phase, "x" * payload_bytes, tally, stations
     )
     tally.t_end = time.time()
     return tally.report()
@@ -164,11 +191,13 @@ async def steady(
     return tally.report()
 
 
-async def prime(tenants: list[str]) -> dict[str, Any]:
-    """One event per tenant, to find out when every subscription is live."""
+async def prime(tenants: list[str], stations: list[str] | None = None) -> dict[str, Any]:
+    """One event per tenant (per tenant and station, given `stations`: a filtered
+    subscription sees only its station's), to find out when every subscription is live."""
     tally = Tally()
     tally.t_start = time.time()
-    await PUBLISHER.append(tenants, 0, len(tenants), "prime", "", tally)
+    per_tenant = len(stations) if stations else 1
+    await PUBLISHER.append(tenants, 0, per_tenant * len(tenants), "prime", "", tally, stations)
     tally.t_end = time.time()
     return tally.report()
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.filters import RATIO_TARGET
 from bench.results import LOADER_BUSY, PhaseResult, RunResult, is_sweep, to_jsonable
 from bench.scenarios import ScenarioResults
 
@@ -139,6 +140,8 @@ def checks(results: ScenarioResults, subject: str) -> list[Check]:
         )
     for stalled in (s for s in results.stalled if s["server"] == subject):
         out.append(_stalled_check(stalled))
+    for run in (f for f in results.filters if f["server"] == subject):
+        out.extend(_filters_checks(run))
     for churn in (c for c in results.churn if c["server"] == subject):
         out.append(
             _at_most(
@@ -154,6 +157,36 @@ def checks(results: ScenarioResults, subject: str) -> list[Check]:
         )
         out.append(_at_most(f"RSS growth after churn (%), {churn['redis']}", growth, 5.0))
     return out
+
+
+def _filters_checks(run: dict[str, Any]) -> list[Check]:
+    """Filtering costs at most a tenth of the rate, subscribers of one filter share its
+    evaluation, and every subscriber gets exactly its station's events."""
+    where = f"{run['subs']} subs, {run['filters']} filters, {run['redis']}"
+    evaluations = run["evaluations_per_event"]
+    if evaluations is None and run["workers"] > 1:
+        per_event = Check(
+            f"filter evaluations per event, {where}",
+            None,
+            f"== {run['filters']}; /metrics is one of {run['workers']} worker processes'",
+            None,
+        )
+    else:
+        per_event = Check(
+            f"filter evaluations per event (== distinct filters), {where}",
+            evaluations,
+            f"== {run['filters']}",
+            None if evaluations is None else evaluations == run["filters"],
+        )
+    return [
+        _at_least(f"filtered/unfiltered deliveries/s, {where}", run["ratio"], RATIO_TARGET),
+        per_event,
+        _at_most(
+            f"filters: losses+dups+reorders+wrong station, {where}",
+            float(run["lost"] + run["duplicates"] + run["out_of_order"] + run["unexpected"]),
+            0.0,
+        ),
+    ]
 
 
 def _stalled_check(stalled: dict[str, Any], limit: float = 10.0) -> Check:
@@ -417,6 +450,61 @@ def storm_notes(storms: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
+def filters_table(runs: list[dict[str, Any]]) -> str:
+    """One line per filters run: the unfiltered and the filtered burst side by side."""
+    head = (
+        f"{'server':<9} {'redis':<17} {'subs':>6} {'filters':>7} {'events u/f':>12} "
+        f"{'deliveries':>10} {'unf dl/s':>9} {'filt dl/s':>9} {'ratio':>6} {'eval/ev':>7} "
+        f"{'lost u/f':>9} {'dups u/f':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in runs:
+        plain, sifted = r["unfiltered"]["phase"], r["filtered"]["phase"]
+        lines.append(
+            f"{r['server']:<9} {r['redis']:<17} {r['subs']:>6} {r['filters']:>7} "
+            f"{f'{plain.events}/{sifted.events}':>12} {r['deliveries']:>10} "
+            f"{_num(r['throughput_unfiltered']):>9} {_num(r['throughput_filtered']):>9} "
+            f"{_num(r['ratio']):>6} {_num(r['evaluations_per_event']):>7} "
+            f"{f'{plain.missing}/{sifted.missing}':>9} "
+            f"{f'{plain.duplicates}/{sifted.duplicates}':>9}"
+        )
+    return "\n".join(lines)
+
+
+def filters_notes(runs: list[dict[str, Any]]) -> list[str]:
+    """What a filters run saw besides the table: the machine's and the load processes' CPU,
+    evaluations without a filter, wrong-station frames, reorders, unprimed subscribers,
+    errors."""
+    notes = []
+    for r in runs:
+        name = f"{r['server']} {r['subs']} subs, {r['filters']} filters ({r['redis']})"
+        plain, sifted = r["unfiltered"]["phase"], r["filtered"]["phase"]
+        notes.append(
+            f"{name}: box% {_pct(plain.machine_cpu_util).strip()}"
+            f"/{_pct(sifted.machine_cpu_util).strip()},"
+            f" load% {_loaders(plain)} / {_loaders(sifted)},"
+            f" server CPU s per 1k deliveries {_num(plain.server_cpu_per_1k, 3)}"
+            f"/{_num(sifted.server_cpu_per_1k, 3)},"
+            f" Redis cmds per delivery {_num(plain.redis_cmds_per_delivery, 3)}"
+            f"/{_num(sifted.redis_cmds_per_delivery, 3)} (unfiltered/filtered)"
+        )
+        if r["evaluations_per_event"] is None and r["workers"] > 1:
+            notes.append(
+                f"{name}: evaluations per event not given: with {r['workers']} workers /metrics"
+                " answers for one of them"
+            )
+        unfiltered = r["evaluations_per_event_unfiltered"]
+        if unfiltered:
+            notes.append(f"{name}: {_num(unfiltered)} filter evaluations per event without a filter")
+        odd = {k: r[k] for k in ("unexpected", "out_of_order", "never_primed") if r.get(k)}
+        if odd:
+            notes.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in odd.items()))
+        if plain.loaders_busy or sifted.loaders_busy:
+            notes.append(f"{name}: a load process was above {LOADER_BUSY:.0%} of a core")
+        notes.extend(f"{name}: {error}" for error in sorted({*plain.errors, *sifted.errors})[:3])
+    return notes
+
+
 def _gauge_totals(gauges: dict[str, float]) -> dict[str, float]:
     """Prometheus samples summed over their labels, for a one-line summary."""
     totals: dict[str, float] = defaultdict(float)
@@ -489,6 +577,7 @@ def write_json(path: Path, meta: dict[str, Any], results: ScenarioResults, subje
         "stalled": to_jsonable(results.stalled),
         "churn": to_jsonable(results.churn),
         "storm": to_jsonable(results.storm),
+        "filters": to_jsonable(results.filters),
         "checks": to_jsonable(checks(results, subject)),
         "skipped": results.skipped,
         "failures": results.failures,
@@ -562,6 +651,17 @@ def print_summary(results: ScenarioResults, subject: str) -> None:
         )
         print(storm_table(results.storm))
         for note in storm_notes(results.storm):
+            print(note)
+    if results.filters:
+        print(
+            "\nPayload filters (one tenant; u/f = unfiltered/filtered run, each on a fresh server;"
+            " unfiltered: every event to every subscriber; filtered: subscriber i has where"
+            " station = s<i mod filters>, events cycle over the stations, each to its"
+            " subs/filters subscribers; same deliveries in both; ratio = filtered/unfiltered"
+            " deliveries/s; eval/ev = ragline_filter_evaluations_total per filtered event)\n"
+        )
+        print(filters_table(results.filters))
+        for note in filters_notes(results.filters):
             print(note)
     found = checks(results, subject)
     evaluated = [c for c in found if c.passed is not None]

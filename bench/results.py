@@ -62,6 +62,8 @@ class PhaseResult:
     # publish until every load process reported; None for a window under 0.5 s.
     machine_cpu_util: float | None = None
     loaders_busy: bool = False  # a load process above LOADER_BUSY of a core: may be client-bound
+    # frames of the phase a filtered subscription got for another station (should be 0)
+    unexpected: int = 0
 
     @property
     def losses(self) -> int:
@@ -123,6 +125,7 @@ def summarize_phase(inputs: PhaseInputs) -> PhaseResult:
         errors=sorted({e for r in replies for e in r["errors"]})[:10],
         machine_cpu_util=inputs.machine_after.util_since(inputs.machine_before),
         loaders_busy=max((u or 0.0 for u in loader_util), default=0.0) > LOADER_BUSY,
+        unexpected=sum(int(r.get("unexpected", 0)) for r in replies),
     )
 
 

@@ -85,7 +85,12 @@ class Rig:
         return {"opened": opened, "failed": failed, "seconds": seconds}
 
     async def prime(
-        self, tenants: list[str], timeout: float = 60.0, state: str = "unprimed", quiet: bool = True
+        self,
+        tenants: list[str],
+        timeout: float = 60.0,
+        state: str = "unprimed",
+        quiet: bool = True,
+        stations: list[str] | None = None,
     ) -> int:
         """Publish one event per tenant until every open subscription got one.
 
@@ -97,6 +102,8 @@ class Rig:
         command that counts the unprimed ("storm_status" for the storm's
         clients); with quiet=False it returns as soon as all are primed,
         without waiting for the backlog to drain (the caller does that).
+        With `stations` (filtered subscriptions) a prime is one event per tenant
+        and station.
         """
         deadline = time.monotonic() + timeout
         last_waiting = -1
@@ -112,7 +119,7 @@ class Rig:
                 )
                 return waiting
             if waiting == last_waiting or last_waiting < 0:
-                await self.publisher.call("prime", tenants=tenants)
+                await self.publisher.call("prime", tenants=tenants, stations=stations)
             last_waiting = waiting
             await asyncio.sleep(PRIME_INTERVAL_S)
         if quiet:
@@ -154,6 +161,7 @@ class Rig:
                 l.call(
                     "wait_phase",
                     expected=published["counts"],
+                    by_station=published.get("station_counts") or None,
                     idle_timeout=self.config.idle_timeout,
                     timeout=self.config.phase_timeout,
                 )
@@ -189,8 +197,16 @@ class Rig:
         return result
 
     async def burst(
-        self, tree: ProcessTree, name: str, tenants: list[str], events: int, payload_bytes: int
+        self,
+        tree: ProcessTree,
+        name: str,
+        tenants: list[str],
+        events: int,
+        payload_bytes: int,
+        stations: list[str] | None = None,
     ) -> PhaseResult:
+        """`events` per tenant, pipelined; with `stations`, each tenant's events cycle over
+        them (`payload.station`) and filtered subscriptions expect their station's."""
         return await self.measure(
             tree,
             name,
@@ -200,6 +216,7 @@ class Rig:
                 events_per_tenant=events,
                 phase=name,
                 payload_bytes=payload_bytes,
+                stations=stations,
             ),
         )
 

@@ -1,4 +1,5 @@
-"""The five scenarios: throughput matrix, idle memory, stalled clients, churn, reconnect storm.
+"""The scenarios: throughput matrix, idle memory, stalled clients, churn, reconnect storm
+(the sixth, payload filters, is in bench.filters).
 
 Each takes the rig and one target spec and returns plain results; failures of
 one run are recorded in its result rather than ending the invocation, so the
@@ -316,6 +317,22 @@ def scrape_gc(base_url: str) -> dict[str, float]:
     return figures
 
 
+def scrape_counter(base_url: str, name: str) -> float | None:
+    """A Prometheus sample's value at /metrics (summed over its labels, if any); None when
+    the server has no /metrics or no such sample."""
+    try:
+        with urllib.request.urlopen(base_url + "/metrics", timeout=5) as response:
+            text = response.read().decode("utf-8", "replace")
+    except Exception:  # noqa: BLE001 - a server without /metrics has no figures
+        return None
+    total: float | None = None
+    for line in text.splitlines():
+        match = _GAUGE.match(line.strip())
+        if match and match.group(1).partition("{")[0] == name:
+            total = (total or 0.0) + float(match.group(2))
+    return total
+
+
 def scrape_gauges(base_url: str) -> dict[str, float]:
     """Best effort: Prometheus samples at /metrics whose names suggest live state (tasks, subs)."""
     try:
@@ -600,5 +617,6 @@ class ScenarioResults:
     stalled: list[dict[str, Any]] = field(default_factory=list)
     churn: list[dict[str, Any]] = field(default_factory=list)
     storm: list[dict[str, Any]] = field(default_factory=list)
+    filters: list[dict[str, Any]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     failures: list[dict[str, str]] = field(default_factory=list)
