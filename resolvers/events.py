@@ -25,6 +25,7 @@ from ..streaming.errors import (
     Unavailable,
 )
 from ..streaming.hub import Accept, Cursor, Deliveries, Durable
+from ..streaming.subscriber import Sift
 from .context import GatewayContext, Principal
 from .filters import order_filter, type_filter, with_where
 from .metrics import LatencyHistogram
@@ -185,6 +186,7 @@ class DeliveryStream(AsyncIterator[T]):
         self._convert = convert
         self._latency = latency
         self._written: Entry | None = None  # handed out last; written once the next is asked for
+        self.sift: Sift | None = None  # the cohort's shared decisions, for the fan-out writer
 
     def __aiter__(self) -> DeliveryStream[T]:
         return self
@@ -218,7 +220,7 @@ class DeliveryStream(AsyncIterator[T]):
                 latency.observe(entry)
             return True
 
-        self._source.write_directly(deliver)
+        self._source.write_directly(deliver, self.sift)
 
     def on_close(self, callback: Callable[..., object], *args: Any) -> None:
         """Run `callback(*args)` when the stream is closed."""

@@ -15,7 +15,7 @@ and acknowledges after its own write; only the rendering and the filtering are s
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,7 @@ from graphql.validation import ASTValidationRule
 
 from ..schema.errors import GatewayError, masked
 from ..streaming import keys
-from ..streaming.entries import Entry
+from ..streaming.entries import Entry, Record
 from ..streaming.hub import Accept
 from .context import GatewayContext
 from .events import DeliveryStream, open_entries, to_event, to_order_event
@@ -82,6 +82,22 @@ class Cohort:
     evaluations: int = 0
     _cache: OrderedDict[str, str] = field(default_factory=OrderedDict)
     _decisions: OrderedDict[str, bool] = field(default_factory=OrderedDict)
+    select: Accept = field(default=lambda entry: True)  # the plan's types / orderId filter
+    _sifted_batch: Sequence[Record] | None = None
+    _sifted: Sequence[int] = ()
+
+    def sift(self, records: Sequence[Record]) -> Sequence[int]:
+        """The positions in a batch of the entries the cohort's members accept: decided once
+        per batch (the reader offers every member the same batch object)."""
+        if records is self._sifted_batch:
+            return self._sifted
+        select = self.select
+        if self.plan.matches is None:
+            kept = [i for i, r in enumerate(records) if isinstance(r, Entry) and select(r)]
+        else:
+            kept = [i for i, r in enumerate(records) if isinstance(r, Entry) and select(r) and self.matches(r)]
+        self._sifted_batch, self._sifted = records, kept
+        return kept
 
     def matches(self, entry: Entry) -> bool:
         """Whether `entry`'s payload passes the plan's `where`: evaluated once per entry."""
@@ -242,6 +258,7 @@ async def open_shared(context: GatewayContext, planner: Planner, plan: SharedPla
     tenant_id = context.principal.tenant_id
     select = _accept(plan)  # the argument errors first, before the group is made
     cohort = planner.join(tenant_id, plan, context.delivery)
+    cohort.select = select
     try:
         accept = select if plan.matches is None else _and(select, cohort.matches)
         entries = await open_entries(context, kind, accept, after, durable)
@@ -249,7 +266,9 @@ async def open_shared(context: GatewayContext, planner: Planner, plan: SharedPla
         planner.leave(tenant_id, cohort)
         raise
     entries.on_close(planner.leave, tenant_id, cohort)
-    return entries.map(cohort.render)
+    shared = entries.map(cohort.render)
+    shared.sift = cohort.sift
+    return shared
 
 
 def _and(select: Accept, matches: Accept) -> Accept:

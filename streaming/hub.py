@@ -31,7 +31,7 @@ from .readers import StreamReader
 from .replies import text
 from .retry import next_pause
 from .store import ZERO_ID, Move, RedisStore, StreamBounds
-from .subscriber import Feed, Subscriber
+from .subscriber import Feed, Sift, Subscriber
 
 logger = logging.getLogger(__name__)
 Accept = Callable[[Entry], bool]
@@ -156,7 +156,7 @@ class Hub:
             yield subscriber
         finally:
             self.counters.tenant(tenant_id).subscriptions -= 1
-            subscriber.direct = None  # it refers back to the subscriber: no cycle left behind
+            subscriber.direct = subscriber.sift = subscriber.skipped = None  # they refer back to it
             self._leave_feed(subscriber)
             # Shielded: a cancel that lands while the subscription is already ending (its
             # socket closed mid-write, then the handler cancels it) must not leave the group.
@@ -500,7 +500,7 @@ class Deliveries:
             counters.skipped += 1
             self._hub.ack(subscriber, record)
 
-    def write_directly(self, write: Callable[[Entry], bool]) -> None:
+    def write_directly(self, write: Callable[[Entry], bool], sift: Sift | None = None) -> None:
         """Let the shared reader write accepted entries itself, in one pass over every
         subscriber of the event, while this subscription's task waits with nothing queued:
         `write(entry)` writes it now and returns True, or returns False when the connection
@@ -519,6 +519,14 @@ class Deliveries:
             return True
 
         subscriber.direct = direct
+        if sift is not None:  # decisions shared by a cohort: rejected entries are skipped in bulk
+
+            def skipped(record: Record | None, count: int) -> None:
+                counters.skipped += count
+                if record is not None:
+                    hub.ack(subscriber, record, handed_out=False)
+
+            subscriber.sift, subscriber.skipped = sift, skipped
 
     async def aclose(self) -> None:
         """Nothing to release (the group belongs to `Hub.subscribe`); the last entry

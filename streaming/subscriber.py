@@ -34,6 +34,12 @@ RangeReader = Callable[[str, str, int], Awaitable[list[Record]]]
 # Takes a record straight from the reader, written or skipped (True), or leaves it to the
 # consumer's own task (False): `Subscriber.direct`.
 Direct = Callable[[Record], bool]
+# The positions of the records of a batch that the consumer accepts, decided once for every
+# subscriber that shares the decision (a cohort): the same list for the same batch object.
+Sift = Callable[[Sequence[Record]], Sequence[int]]
+# Records the consumer skipped in the reader's pass: how many, and the record to move the
+# cursor to (None when a written one after them moves it anyway).
+Skipped = Callable[[Record | None, int], None]
 
 
 class Subscriber:
@@ -74,6 +80,10 @@ class Subscriber:
         # Set by the consumer: while it waits with nothing queued, the reader hands records to
         # `direct` in its own pass (the fan-out writer) instead of waking the consumer's task.
         self.direct: Direct | None = None
+        # With `direct`, optionally: the reader hands over only the records `sift` keeps and
+        # tells `skipped` about the rest, so a rejected record costs nothing per subscriber.
+        self.sift: Sift | None = None
+        self.skipped: Skipped | None = None
 
     @property
     def pending(self) -> int:
@@ -107,13 +117,37 @@ class Subscriber:
             if not fresh:
                 return
         if self.direct is not None and self._queue is None and self._waiter is not None and not self._waiter.done():
-            fresh = self._hand_over(self.direct, fresh)
+            if fresh is records and self.sift is not None and self.skipped is not None:
+                fresh = self._hand_over_sifted(self.direct, fresh, self.sift(records), self.skipped)
+            else:
+                fresh = self._hand_over(self.direct, fresh)
             if not fresh:
                 return
         if (len(self._queue) if self._queue else 0) + len(fresh) > self._buffer_limit:
             self._fall_behind()
             return
         self._append(fresh)
+
+    def _hand_over_sifted(
+        self, direct: Direct, records: Sequence[Record], kept: Sequence[int], skipped: Skipped
+    ) -> Sequence[Record]:
+        """`_hand_over` for a batch whose decisions were made once for the cohort: only the
+        records it keeps are handed over; the others cost this subscriber nothing but one
+        count (a written record after them moves the cursor past them too)."""
+        for done, index in enumerate(kept):
+            record = records[index]
+            try:
+                taken = direct(record)
+            except Exception:  # noqa: BLE001 (the consumer's task meets it again, and reports it)
+                taken = False
+            if not taken:
+                skipped(None, index - done)  # those before it; the cursor moves when it is written
+                return records[index:]
+        last = records[-1]
+        trailing = not kept or kept[-1] != len(records) - 1
+        skipped(last if trailing else None, len(records) - len(kept))
+        self._tail, self._tail_key = last.id, last.sort_key
+        return ()
 
     def _hand_over(self, direct: Direct, records: Sequence[Record]) -> Sequence[Record]:
         """Give records to `direct` in order, without waking the consumer; what it did not
