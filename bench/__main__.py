@@ -9,6 +9,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -116,16 +117,24 @@ async def run_scenario(
             )
 
 
-async def run_storm(rig: Rig, specs: list[TargetSpec], results: ScenarioResults) -> None:
-    """Each storm size on every target that has durable cursors; the others are skipped."""
+def capable_targets(
+    scenario: str, specs: list[TargetSpec], unsupported: Callable[[TargetSpec], str | None], results: ScenarioResults
+) -> list[TargetSpec]:
+    """The targets that can run `scenario`; the others are logged and listed as skipped."""
     capable = []
     for spec in specs:
-        reason = storm_unsupported(spec)
+        reason = unsupported(spec)
         if reason:
-            logger.info("storm: skipping %s: %s", spec.name, reason)
-            results.skipped[f"{spec.name} (storm)"] = reason
+            logger.info("%s: skipping %s: %s", scenario, spec.name, reason)
+            results.skipped[f"{spec.name} ({scenario})"] = reason
         else:
             capable.append(spec)
+    return capable
+
+
+async def run_storm(rig: Rig, specs: list[TargetSpec], results: ScenarioResults) -> None:
+    """Each storm size on every target that has durable cursors; the others are skipped."""
+    capable = capable_targets("storm", specs, storm_unsupported, results)
     for subs in rig.config.storm_subs:
         for spec in capable:
             logger.info("== storm %s: %s clients on %s", spec.name, subs, rig.topology.label)
@@ -146,14 +155,7 @@ async def run_storm(rig: Rig, specs: list[TargetSpec], results: ScenarioResults)
 async def run_filters(rig: Rig, specs: list[TargetSpec], results: ScenarioResults) -> None:
     """Unfiltered, then filtered subscribers on every target that takes `where`; the
     others are skipped."""
-    capable = []
-    for spec in specs:
-        reason = filters_unsupported(spec)
-        if reason:
-            logger.info("filters: skipping %s: %s", spec.name, reason)
-            results.skipped[f"{spec.name} (filters)"] = reason
-        else:
-            capable.append(spec)
+    capable = capable_targets("filters", specs, filters_unsupported, results)
     subs, count = rig.config.filter_subs, rig.config.filter_count
     for spec in capable:
         logger.info(
