@@ -28,8 +28,8 @@ def hold_type(event_type: str) -> None:
             await asyncio.Event().wait()
         return entry
 
-    def not_those(self: Deliveries, write: Callable[[Entry], bool]) -> None:
-        write_directly(self, lambda entry: entry.event_type != event_type and write(entry))
+    def not_those(self: Deliveries, write: Callable[[Entry], bool], *args: Any, **kwargs: Any) -> None:
+        write_directly(self, lambda entry: entry.event_type != event_type and write(entry), *args, **kwargs)
 
     Deliveries.__anext__ = read_then_hold  # type: ignore[method-assign]
     Deliveries.write_directly = not_those  # type: ignore[method-assign]
