@@ -72,7 +72,8 @@ class SharedPlan:
 
 @dataclass
 class Cohort:
-    """The subscribers of one tenant sharing a plan, and their rendered events."""
+    """The subscribers of one tenant sharing a plan: their rendered events, and their
+    filter's decisions (per entry, and per batch for the fan-out writer)."""
 
     plan: SharedPlan
     schema: GraphQLSchema
