@@ -31,7 +31,7 @@ from .readers import StreamReader
 from .replies import text
 from .retry import next_pause
 from .store import ZERO_ID, Move, RedisStore, StreamBounds
-from .subscriber import Feed, Sift, Subscriber
+from .subscriber import Feed, Sift, Sifted, Subscriber
 
 logger = logging.getLogger(__name__)
 Accept = Callable[[Entry], bool]
@@ -156,7 +156,7 @@ class Hub:
             yield subscriber
         finally:
             self.counters.tenant(tenant_id).subscriptions -= 1
-            subscriber.direct = subscriber.sift = subscriber.skipped = None  # they refer back to it
+            subscriber.direct = subscriber.sifted = None  # they refer back to it
             self._leave_feed(subscriber)
             # Shielded: a cancel that lands while the subscription is already ending (its
             # socket closed mid-write, then the handler cancels it) must not leave the group.
@@ -170,7 +170,11 @@ class Hub:
     def ack(self, subscriber: Subscriber, record: Record, handed_out: bool = True) -> None:
         """Record that `record` was written to the client (or skipped)."""
         if subscriber.ack(record, handed_out):
-            (self._dirty if subscriber.owner is None else self._dirty_durable)[subscriber] = None
+            self._mark_dirty(subscriber)
+
+    def _mark_dirty(self, subscriber: Subscriber) -> None:
+        """Its cursor moves at the next flush (`_flush_loop`: durable ones at every one)."""
+        (self._dirty if subscriber.owner is None else self._dirty_durable)[subscriber] = None
 
     async def read_range(self, tenant_id: str, after: str, count: int) -> list[Record]:
         """History read for a subscription that is behind the reader, shared with the
@@ -204,7 +208,7 @@ class Hub:
             except REDIS_ERRORS:
                 for subscriber in batch[start:]:
                     if not subscriber.closing:
-                        (self._dirty if subscriber.owner is None else self._dirty_durable)[subscriber] = None
+                        self._mark_dirty(subscriber)
                 raise
             for subscriber, still_owner in zip(chunk, kept, strict=True):
                 if not still_owner:
@@ -508,25 +512,28 @@ class Deliveries:
         the deadline). An entry is acknowledged once `write` took it, a skipped one at once."""
         hub, subscriber, accept, counters = self._hub, self._subscriber, self._accept, self._counters
 
+        def take(entry: Record) -> bool:  # an entry known to be accepted
+            if not write(entry):  # type: ignore[arg-type]
+                return False
+            counters.delivered += 1
+            hub.ack(subscriber, entry, handed_out=False)
+            return True
+
         def direct(record: Record) -> bool:
             if isinstance(record, Entry) and accept(record):
-                if not write(record):
-                    return False
-                counters.delivered += 1
-            else:
-                counters.skipped += 1
+                return take(record)
+            counters.skipped += 1
             hub.ack(subscriber, record, handed_out=False)
             return True
 
+        def skipped(record: Record | None, count: int) -> None:
+            counters.skipped += count
+            if record is not None:
+                hub.ack(subscriber, record, handed_out=False)
+
         subscriber.direct = direct
         if sift is not None:  # decisions shared by a cohort: rejected entries are skipped in bulk
-
-            def skipped(record: Record | None, count: int) -> None:
-                counters.skipped += count
-                if record is not None:
-                    hub.ack(subscriber, record, handed_out=False)
-
-            subscriber.sift, subscriber.skipped = sift, skipped
+            subscriber.sifted = Sifted(sift, take, skipped)
 
     async def aclose(self) -> None:
         """Nothing to release (the group belongs to `Hub.subscribe`); the last entry

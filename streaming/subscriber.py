@@ -42,6 +42,17 @@ Sift = Callable[[Sequence[Record]], Sequence[int]]
 Skipped = Callable[[Record | None, int], None]
 
 
+@dataclass(frozen=True, slots=True)
+class Sifted:
+    """A consumer whose decisions are made per batch (`sift`): the reader hands it only
+    the records kept (`take`, which writes one it is known to accept, like `Direct`) and
+    tells `skipped` about the others."""
+
+    sift: Sift
+    take: Direct
+    skipped: Skipped
+
+
 class Subscriber:
     """Ordered records after a start position, for one consumer group."""
 
@@ -80,10 +91,9 @@ class Subscriber:
         # Set by the consumer: while it waits with nothing queued, the reader hands records to
         # `direct` in its own pass (the fan-out writer) instead of waking the consumer's task.
         self.direct: Direct | None = None
-        # With `direct`, optionally: the reader hands over only the records `sift` keeps and
-        # tells `skipped` about the rest, so a rejected record costs nothing per subscriber.
-        self.sift: Sift | None = None
-        self.skipped: Skipped | None = None
+        # With `direct`, optionally: the reader hands over only the records the batch's
+        # shared decisions keep, so a rejected record costs nothing per subscriber.
+        self.sifted: Sifted | None = None
 
     @property
     def pending(self) -> int:
@@ -117,8 +127,8 @@ class Subscriber:
             if not fresh:
                 return
         if self.direct is not None and self._queue is None and self._waiter is not None and not self._waiter.done():
-            if fresh is records and self.sift is not None and self.skipped is not None:
-                fresh = self._hand_over_sifted(self.direct, fresh, self.sift(records), self.skipped)
+            if fresh is records and self.sifted is not None:
+                fresh = self._hand_over_sifted(self.sifted, fresh)
             else:
                 fresh = self._hand_over(self.direct, fresh)
             if not fresh:
@@ -128,16 +138,15 @@ class Subscriber:
             return
         self._append(fresh)
 
-    def _hand_over_sifted(
-        self, direct: Direct, records: Sequence[Record], kept: Sequence[int], skipped: Skipped
-    ) -> Sequence[Record]:
+    def _hand_over_sifted(self, sifted: Sifted, records: Sequence[Record]) -> Sequence[Record]:
         """`_hand_over` for a batch whose decisions were made once for the cohort: only the
         records it keeps are handed over; the others cost this subscriber nothing but one
         count (a written record after them moves the cursor past them too)."""
+        kept, take, skipped = sifted.sift(records), sifted.take, sifted.skipped
         for done, index in enumerate(kept):
             record = records[index]
             try:
-                taken = direct(record)
+                taken = take(record)
             except Exception:  # noqa: BLE001 (the consumer's task meets it again, and reports it)
                 taken = False
             if not taken:
