@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -37,6 +38,8 @@ class AuthFailure(StrEnum):
     EXPIRED = "expired"
     NOT_YET_VALID = "not_yet_valid"
     CLAIMS = "claims"
+    LIFETIME = "lifetime"
+    REVOKED = "revoked"
     INVALID = "invalid"
 
 
@@ -78,6 +81,7 @@ class Authenticator:
     audience: str | None = None
     issuer: str | None = None
     leeway: float = 0.0
+    max_lifetime: float | None = None       # longest accepted `exp - iat` (revocations expire after it)
     failures: dict[str, int] = field(default_factory=dict, compare=False)  # by AuthFailure
 
     @classmethod
@@ -87,7 +91,7 @@ class Authenticator:
             jwks = JwksKeys(settings.jwt_jwks_url, ttl=settings.jwt_jwks_ttl, min_refresh=settings.jwt_jwks_min_refresh)
         return cls(
             secret, settings.jwt_algorithms, _public_key(settings.jwt_public_key_file), jwks,
-            settings.jwt_audience, settings.jwt_issuer, settings.jwt_leeway,
+            settings.jwt_audience, settings.jwt_issuer, settings.jwt_leeway, settings.max_token_lifetime,
         )
 
     async def authenticate(self, token: str | None) -> Principal:
@@ -101,8 +105,12 @@ class Authenticator:
                     await self.jwks.ensure(kid)
             return self.verify(token)
         except AuthError as error:
-            self.failures[error.failure] = self.failures.get(error.failure, 0) + 1
+            self.refused(error.failure)
             raise
+
+    def refused(self, failure: AuthFailure) -> None:
+        """Count a refusal (`ragline_auth_failures_total`)."""
+        self.failures[failure] = self.failures.get(failure, 0) + 1
 
     def verify(self, token: str) -> Principal:
         """Synchronous check with the keys at hand (JWKS keys as last fetched)."""
@@ -122,7 +130,18 @@ class Authenticator:
         except jwt.PyJWTError as error:
             failure = next((f for kind, f in _FAILURES if isinstance(error, kind)), AuthFailure.INVALID)
             raise AuthError(f"invalid token ({type(error).__name__})", failure) from None
-        return principal_from_claims(claims)
+        principal = principal_from_claims(claims)
+        self._check_lifetime(principal)
+        return principal
+
+    def _check_lifetime(self, principal: Principal) -> None:
+        """A token may live at most `max_lifetime` from its `iat` (without one: from now), so
+        a revocation need not outlive that (`streaming.revocations`)."""
+        if self.max_lifetime is None or principal.expires_at is None:
+            return
+        start = principal.issued_at if principal.issued_at is not None else time.time()
+        if principal.expires_at - start > self.max_lifetime + self.leeway:
+            raise AuthError("token lives longer than RAGLINE_MAX_TOKEN_LIFETIME", AuthFailure.LIFETIME)
 
     def _key(self, alg: str, kid: str | None) -> Any:
         if alg.startswith("HS"):
@@ -169,7 +188,11 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
         roles = [roles]
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
         raise AuthError("invalid roles claim", AuthFailure.CLAIMS)
-    return Principal(tenant_id, user_id, frozenset(roles), float(claims["exp"]))
+    issued_at = claims.get("iat")  # PyJWT checked that it is a number, if present
+    return Principal(
+        tenant_id, user_id, frozenset(roles), float(claims["exp"]),
+        None if issued_at is None else float(issued_at),
+    )
 
 
 def token_from_params(params: Mapping[str, Any] | None) -> str | None:

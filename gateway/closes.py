@@ -54,6 +54,7 @@ class Close:
 # -- /graphql (graphql-transport-ws and legacy graphql-ws) -------------------------------
 SHUTDOWN = Close(CloseCode.GOING_AWAY, "Server shutting down", Retry.RECONNECT)
 TOKEN_EXPIRED = Close(CloseCode.FORBIDDEN, "Token expired", Retry.NEW_TOKEN)
+REVOKED = Close(CloseCode.FORBIDDEN, "Revoked", Retry.NEW_TOKEN)  # an admin's `revoke` (legacy: connection_error first)
 FORBIDDEN = Close(CloseCode.FORBIDDEN, "Forbidden", Retry.NEW_TOKEN)
 UNAUTHORIZED = Close(CloseCode.UNAUTHORIZED, "Unauthorized", Retry.NEVER)
 INIT_TIMEOUT = Close(CloseCode.TIMEOUT, "Connection initialisation timeout", Retry.RECONNECT)
@@ -74,6 +75,7 @@ def duplicate_operation(operation_id: str) -> Close:
 
 # -- /ws and /ws/orders (a graceful shutdown is SHUTDOWN there too) ----------------------
 WS_TOKEN_EXPIRED = Close(CloseCode.POLICY_VIOLATION, "Token expired", Retry.NEW_TOKEN)
+WS_REVOKED = Close(CloseCode.POLICY_VIOLATION, "Revoked", Retry.NEW_TOKEN)
 WS_STREAM_ENDED = Close(CloseCode.GOING_AWAY, "Stream ended", Retry.RECONNECT)
 WS_SLOW_CONSUMER = Close(CloseCode.TRY_AGAIN_LATER, SLOW + "reconnect with last_event_id", Retry.RESUME)
 
@@ -99,7 +101,7 @@ def close_reason(text: str) -> str:
 
 
 CATALOGUE: dict[str, tuple[Close, ...]] = {
-    "/graphql": (SHUTDOWN, TOKEN_EXPIRED, FORBIDDEN, UNAUTHORIZED, INIT_TIMEOUT, PING_TIMEOUT,
+    "/graphql": (SHUTDOWN, TOKEN_EXPIRED, REVOKED, FORBIDDEN, UNAUTHORIZED, INIT_TIMEOUT, PING_TIMEOUT,
                  TOO_MANY_INITS, SLOW_CONSUMER, NOT_TEXT, NOT_JSON, NO_SUBPROTOCOL),
-    "/ws": (SHUTDOWN, WS_TOKEN_EXPIRED, WS_STREAM_ENDED, WS_SLOW_CONSUMER),
+    "/ws": (SHUTDOWN, WS_TOKEN_EXPIRED, WS_REVOKED, WS_STREAM_ENDED, WS_SLOW_CONSUMER),
 }

@@ -63,7 +63,7 @@ async def authenticate(runtime: Runtime, connection: HTTPConnection) -> Principa
     """The principal behind the `Authorization: Bearer` header or the `token` query parameter."""
     token = token_from_request(connection.headers, connection.query_params)
     try:
-        return await runtime.authenticator.authenticate(token)
+        return await runtime.authenticate(token)
     except AuthError as error:
         if error.failure is AuthFailure.MISSING:
             raise MissingToken() from None
@@ -93,11 +93,12 @@ async def stats_json(hub: Hub, principal: Principal) -> Message:
 
 class ServerEnding:
     """What the lifecycle calls on a compat adapter (`gateway.connection.Adapter`): the
-    token's expiry and the drain end the connection's race (`ended_by_server` returns the
+    token's expiry, a revocation and the drain end the connection's race (`ended_by_server` returns the
     catalogue entry to end with); `drain` returns once the connection `finished`, so its
     subscription was released and SIGTERM loses nothing."""
 
     token_expired: closes.Close  # the endpoint's words for an expired token
+    revoked: closes.Close  # ... and for a revoked one
 
     def __init__(self) -> None:
         self._ending: asyncio.Future[closes.Close] = asyncio.get_running_loop().create_future()
@@ -105,6 +106,9 @@ class ServerEnding:
 
     async def expire(self) -> None:
         self._end(self.token_expired)
+
+    async def revoke(self) -> None:
+        self._end(self.revoked)
 
     async def drain(self) -> None:
         self._end(closes.SHUTDOWN)

@@ -85,6 +85,7 @@ class EventStream(ServerEnding, Response):
 
     media_type = "text/event-stream"
     token_expired = closes.TOKEN_EXPIRED
+    revoked = closes.REVOKED
 
     def __init__(self, runtime: Runtime, principal: Principal, channel: SseChannel, after: str | None) -> None:
         ServerEnding.__init__(self)
@@ -169,10 +170,12 @@ class EventStream(ServerEnding, Response):
         await self.connection.last_words(write(), (OSError,))
 
     async def _ended_by_server(self, send: Send) -> None:
-        """An expired token gets an `UNAUTHENTICATED` error event (the client reconnects with a
-        fresh one); a drain ends the stream without a word (EventSource reconnects elsewhere)."""
-        if await self.ended_by_server() is self.token_expired:
-            error = {"code": ErrorCode.UNAUTHENTICATED.value, "message": closes.TOKEN_EXPIRED.reason}
+        """An expired or revoked token gets an `UNAUTHENTICATED` error event saying which (the
+        client reconnects with a fresh one); a drain ends the stream without a word
+        (EventSource reconnects elsewhere)."""
+        ending = await self.ended_by_server()
+        if ending in (self.token_expired, self.revoked):
+            error = {"code": ErrorCode.UNAUTHENTICATED.value, "message": ending.reason}
             await self._last_words(send, named_frame(ERROR_EVENT, error))
 
     def _connected(self) -> Message:

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 
 import orjson
@@ -48,7 +49,7 @@ from .compat_base import (
     runtime_of,
     stats_json,
 )
-from .connection import Connection
+from .connection import Connection, RefreshRefused
 from .limits import ConnectionRefused
 from .runtime import Runtime
 from .wsprotocol import SEND_NOW
@@ -69,6 +70,7 @@ class ClientMessage(StrEnum):
     SUBSCRIBE = "subscribe"
     PING = "ping"
     GET_STATS = "get_stats"
+    REFRESH_TOKEN = "refresh_token"
 
 
 class ServerMessage(StrEnum):
@@ -79,6 +81,7 @@ class ServerMessage(StrEnum):
     EVENT = "event"
     ORDER_EVENT = "order_event"
     HEARTBEAT = "heartbeat"
+    TOKEN_REFRESHED = "token_refreshed"
     ERROR = "error"
 
 
@@ -161,6 +164,7 @@ class SocketSession(ServerEnding):
     """One authenticated `/ws` or `/ws/orders` connection, the adapter of its `Connection`."""
 
     token_expired = closes.WS_TOKEN_EXPIRED
+    revoked = closes.WS_REVOKED
 
     def __init__(
         self, websocket: WebSocket, runtime: Runtime, principal: Principal, channel: WsChannel, heartbeat: float
@@ -182,6 +186,7 @@ class SocketSession(ServerEnding):
             ClientMessage.SUBSCRIBE: self._subscribe,
             ClientMessage.PING: self._pong,
             ClientMessage.GET_STATS: self._stats,
+            ClientMessage.REFRESH_TOKEN: self._refresh_token,
         }
 
     async def run(self, after: str | None) -> None:
@@ -312,6 +317,20 @@ class SocketSession(ServerEnding):
     async def _stats(self, request: Message) -> Message:
         data = await stats_json(self.hub, self.principal)
         return {"type": ServerMessage.STATS, "data": data, "timestamp": now()}
+
+    async def _refresh_token(self, request: Message) -> Message:
+        """Go on under a new token of the same tenant and user (`Connection.refresh`)."""
+        token = request.get("token")
+        if not isinstance(token, str) or not token:
+            raise GatewayError(ErrorCode.BAD_USER_INPUT, "refresh_token needs a 'token' string")
+        try:
+            principal = await self.connection.refresh(token)
+        except RefreshRefused as refused:
+            raise GatewayError(ErrorCode.FORBIDDEN, str(refused)) from None
+        self.principal = principal
+        assert principal.expires_at is not None  # `exp` is a required claim
+        expires_at = datetime.fromtimestamp(principal.expires_at, UTC).isoformat()
+        return {"type": ServerMessage.TOKEN_REFRESHED, "expires_at": expires_at, "timestamp": now()}
 
     def _labelled(self, message: Message) -> Message:
         """Add the seed's `stream` field (after `type`) on the endpoints that sent one."""

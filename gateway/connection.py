@@ -6,7 +6,11 @@ seed's `/ws`, `/ws/orders` and `/stream*`. Each is an adapter that translates it
 frames; what a connection *is* lives here, once:
 
 - who it is and until when: the verified `Principal`, and one loop timer that
-  calls the adapter's `expire()` when the token's `exp` passes;
+  calls the adapter's `expire()` when the token's `exp` passes; `refresh` swaps in a new
+  token of the same identity and moves the timer; a revocation that covers the token
+  calls the adapter's `revoke()` (`revoked`);
+- who is online: an opened connection counts its user present (`streaming.presence`)
+  until it closes;
 - what it counts against: the per-user and per-tenant connection limits of the
   process (`ConnectionRefused` when over one) and its tenant's `connections` figure;
 - the write deadline: a write the client does not take within
@@ -23,14 +27,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..resolvers.context import Principal
 from ..streaming.errors import SlowConsumer
+from ..streaming.revocations import Revocation
 from . import closes
+from .auth import AuthError
 from .closes import FINAL_WRITE_TIMEOUT, Close
 from .limits import ConnectionRefused
 from .watchdog import Writer, stalled
@@ -41,7 +47,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 # The writer of the current task, while it writes under the deadline (`Connection.writes`).
 _WRITER: ContextVar[Writer | None] = ContextVar("ragline_writer", default=None)
-_EXPIRING: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
+_ENDING: set[asyncio.Task[None]] = set()  # expiries and revocations: the loop keeps only weak references
+
+
+class RefreshRefused(Exception):
+    """A token refresh was refused; the message is safe to show the client (no token)."""
 
 
 class Adapter(Protocol):
@@ -49,6 +59,9 @@ class Adapter(Protocol):
 
     async def expire(self) -> None:
         """The token expired: end the connection, telling the client as the protocol can."""
+
+    async def revoke(self) -> None:
+        """An admin revoked the token: end the connection, telling the client as the protocol can."""
 
     async def drain(self) -> None:
         """Graceful shutdown: complete the connection's operations (cursors flushed), then end it."""
@@ -84,6 +97,46 @@ class Connection:
         hub = self.runtime.hub
         if hub is not None:
             hub.counters.tenant(principal.tenant_id).connections += 1
+        live = self.runtime.live
+        if live is not None:
+            live.presence.opened(principal.tenant_id, principal.user_id)
+        self._arm(principal)
+
+    async def refresh(self, token: str) -> Principal:
+        """Go on under `token`: verified like any token (revocations included), of the same
+        tenant and user; its expiry replaces the old one. RefreshRefused, with nothing
+        changed (the old expiry still applies), when it is not acceptable."""
+        current = self.principal
+        if current is None:
+            raise RefreshRefused("the connection is not authenticated")
+        try:
+            principal = await self.runtime.authenticate(token)
+        except AuthError as error:
+            raise RefreshRefused(f"Token refused: {error.reason}") from None
+        if (principal.tenant_id, principal.user_id) != (current.tenant_id, current.user_id):
+            raise RefreshRefused("The token names another tenant or user")
+        if self.principal is not current:  # closed, or refreshed meanwhile
+            raise RefreshRefused("the connection is not authenticated")
+        self.principal = principal
+        self._arm(principal)
+        logger.info("connection of tenant %s, user %s: token refreshed", principal.tenant_id, principal.user_id)
+        return principal
+
+    def revoked(self, revocation: Revocation) -> bool:
+        """End the connection if `revocation` covers its token; True if it did."""
+        principal, adapter = self.principal, self.adapter
+        if principal is None or adapter is None:
+            return False
+        if not revocation.covers(principal.tenant_id, principal.user_id, principal.issued_at):
+            return False
+        logger.info("ending a connection of tenant %s, user %s: revoked", principal.tenant_id, principal.user_id)
+        self._spawn(adapter.revoke())
+        return True
+
+    def _arm(self, principal: Principal) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         if principal.expires_at is not None:  # a timer, not a task asleep for hours per connection
             delay = max(0.0, principal.expires_at - time.time())
             self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
@@ -103,6 +156,9 @@ class Connection:
         hub = self.runtime.hub
         if hub is not None:
             hub.counters.tenant(principal.tenant_id).connections -= 1
+        live = self.runtime.live
+        if live is not None:
+            live.presence.closed(principal.tenant_id, principal.user_id)
 
     async def drain(self) -> None:
         adapter = self.adapter
@@ -116,9 +172,13 @@ class Connection:
             return
         if self.principal is not None:
             logger.info("ending a connection of tenant %s: token expired", self.principal.tenant_id)
-        task = asyncio.get_running_loop().create_task(adapter.expire())
-        _EXPIRING.add(task)
-        task.add_done_callback(_EXPIRING.discard)
+        self._spawn(adapter.expire())
+
+    @staticmethod
+    def _spawn(ending: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(ending)
+        _ENDING.add(task)
+        task.add_done_callback(_ENDING.discard)
 
     # -- the write deadline ---------------------------------------------------
 
@@ -193,4 +253,4 @@ def _same(writer: Writer) -> Iterator[Writer]:
     yield writer
 
 
-__all__ = ["Adapter", "Connection", "current_writer"]
+__all__ = ["Adapter", "Connection", "RefreshRefused", "current_writer"]

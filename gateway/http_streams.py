@@ -104,6 +104,7 @@ class _Wake(enum.Enum):
     RESULT = "result"
     HEARTBEAT = "heartbeat"
     EXPIRY = "expiry"
+    REVOKED = "revoked"
     DRAIN = "drain"
 
 
@@ -250,7 +251,7 @@ class HTTPOperation:
         self._transport = transport
         self._encode = encode
         self._process = process
-        self._stopping = asyncio.get_running_loop().create_future()  # set to DRAIN or EXPIRY
+        self._stopping = asyncio.get_running_loop().create_future()  # set to DRAIN, EXPIRY or REVOKED
         self._ended = asyncio.Event()
         self._step: asyncio.Future[Any] | None = None
 
@@ -285,6 +286,10 @@ class HTTPOperation:
     async def expire(self) -> None:
         """End with an `UNAUTHENTICATED` "Token expired" error, then `complete`."""
         self._stop(_Wake.EXPIRY)
+
+    async def revoke(self) -> None:
+        """End with an `UNAUTHENTICATED` "Revoked" error, then `complete`."""
+        self._stop(_Wake.REVOKED)
 
     async def discard(self) -> None:
         """Never streamed (refused): release what the resolver opened."""
@@ -322,9 +327,10 @@ class HTTPOperation:
             while wake is _Wake.HEARTBEAT:
                 yield self._transport.heartbeat_message(self._encode)
                 wake = await self._wait(self._step)
-            if wake is _Wake.EXPIRY:
+            if wake is _Wake.EXPIRY or wake is _Wake.REVOKED:
                 await self._close_results()
-                yield self._transport.encode_next(error_result(ErrorCode.UNAUTHENTICATED, closes.TOKEN_EXPIRED.reason), self._encode)
+                reason = (closes.TOKEN_EXPIRED if wake is _Wake.EXPIRY else closes.REVOKED).reason
+                yield self._transport.encode_next(error_result(ErrorCode.UNAUTHENTICATED, reason), self._encode)
                 return
             if wake is _Wake.DRAIN:
                 return

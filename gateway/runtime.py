@@ -13,12 +13,16 @@ from typing import Any, Protocol
 
 from redis.backoff import ExponentialBackoff
 
+from ..resolvers.context import Principal
+from ..resolvers.live import LiveControl
 from ..streaming.bridge import Bridge, BridgeConfig, default_consumer
 from ..streaming.connections import REDIS_ERRORS, AnyRedis, open_client
 from ..streaming.hub import Hub, HubConfig, new_process_id
 from ..streaming.janitor import Janitor, JanitorConfig
+from ..streaming.presence import PresenceBoard
 from ..streaming.readers import StreamReader, open_reader
-from .auth import Authenticator
+from ..streaming.revocations import Revocation, Revocations
+from .auth import Authenticator, AuthError, AuthFailure
 from .embedded import RedisServer, ensure_embedded
 from .limits import ConnectionLimits
 from .metrics import CountingRetry, GatewayMetrics
@@ -38,9 +42,12 @@ _CONNECTION: dict[str, Any] = {
 
 
 class Drainable(Protocol):
-    """A client connection that can end its operations and close for shutdown."""
+    """A client connection (`gateway.connection.Connection`): it can end its operations and
+    close for shutdown, and end itself when a revocation covers its token."""
 
     async def drain(self) -> None: ...
+
+    def revoked(self, revocation: Revocation) -> bool: ...
 
 
 def resolve_secret(settings: Settings) -> tuple[str, bool]:
@@ -84,6 +91,7 @@ class Runtime:
     hub: Hub | None = None
     redis: AnyRedis | None = None
     janitor: Janitor | None = None
+    live: LiveControl | None = None  # presence, revocations, stats updates (resolvers.live)
     connections: set[Drainable] = field(default_factory=set)  # every open connection (gateway.connection)
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     writes: WriteWatch = field(init=False)  # every connection's write deadline
@@ -91,6 +99,7 @@ class Runtime:
     _reader: StreamReader | None = None
     _embedded: RedisServer | None = None
     _janitor_task: asyncio.Task[None] | None = None
+    _revocations_task: asyncio.Task[None] | None = None
     _bridge_task: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
@@ -118,14 +127,48 @@ class Runtime:
         self._reader = open_reader(url, self.redis, client_name=f"{name}:reader", **_CONNECTION)
         self.hub = Hub(self.redis, self._reader, self._hub_config())
         self.janitor = Janitor(self.redis, self._janitor_config(), self.hub.figures)
+        settings = self.settings
+        self.live = LiveControl(
+            self.hub,
+            PresenceBoard(self.redis, self.process_id, interval=settings.control_interval),
+            Revocations(self.redis, settings.max_token_lifetime + settings.jwt_leeway),
+        )
         try:
             await self.janitor.beat()
         except REDIS_ERRORS as error:
             logger.error("Redis unreachable at start-up (%s); the gateway will keep retrying", error)
         await self.hub.start()
         self._janitor_task = asyncio.create_task(self.janitor.run(), name="ragline-janitor")
+        self._revocations_task = asyncio.create_task(self._follow_revocations(), name="ragline-revocations")
         if self.settings.bridge:
             self._bridge_task = asyncio.create_task(run_bridge(url, default_consumer()), name="ragline-bridge")
+
+    async def authenticate(self, token: str | None) -> Principal:
+        """The principal behind `token`, on every transport: verified (`Authenticator`), and
+        not covered by a revocation. AuthError when refused (counted by reason)."""
+        principal = await self.authenticator.authenticate(token)
+        if self.live is not None:
+            revocation = await self.live.revocations.covering(
+                principal.tenant_id, principal.user_id, principal.issued_at
+            )
+            if revocation is not None:
+                self.authenticator.refused(AuthFailure.REVOKED)
+                raise AuthError("token revoked", AuthFailure.REVOKED)
+        return principal
+
+    async def _follow_revocations(self) -> None:
+        """Every RAGLINE_CONTROL_INTERVAL: end the connections that new revocations cover."""
+        assert self.live is not None
+        follower = self.live.revocations.follower()
+        while True:
+            try:
+                for revocation in await follower.read():
+                    ended = sum(connection.revoked(revocation) for connection in list(self.connections))
+                    if ended:
+                        logger.info("ended %s connections of tenant %s: revoked", ended, revocation.tenant_id)
+            except REDIS_ERRORS as error:
+                logger.debug("revocations not read: %s", error)
+            await asyncio.sleep(self.settings.control_interval)
 
     def _hub_config(self) -> HubConfig:
         return HubConfig(
@@ -166,10 +209,13 @@ class Runtime:
             self._bridge_task.cancel()
             with suppress(asyncio.CancelledError):
                 await self._bridge_task
-        if self._janitor_task is not None:
-            self._janitor_task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._janitor_task
+        for task in (self._janitor_task, self._revocations_task):
+            if task is not None:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+        if self.live is not None:
+            await self.live.close()
         if self.hub is not None:
             await self.hub.close()
         if self.janitor is not None:

@@ -39,6 +39,8 @@ class Settings:
     jwt_jwks_url: str | None = None         # JWKS for RS*/ES*/PS* keys, instead of a key file
     jwt_jwks_ttl: float = 300.0             # seconds a fetched JWKS is used before a refetch
     jwt_jwks_min_refresh: float = 30.0      # least seconds between refetches (unknown kids)
+    max_token_lifetime: float = 86400.0     # longest accepted token (exp - iat); revocations expire after it
+    control_interval: float = 0.5           # seconds between reads of revocations and of presence
     allowed_origins: tuple[str, ...] = ()
     init_timeout: float = 5.0               # seconds to send connection_init
     ping_interval: float = 30.0             # seconds between server pings; 0 turns them off
@@ -104,6 +106,8 @@ def validate(settings: Settings) -> None:
     for name in ("max_connections_per_user", "max_connections_per_tenant", "subscribe_rate", "subscribe_burst"):
         if getattr(settings, name) < 0:
             raise SettingsError(f"{_variable(name)} must be >= 0")
+    if settings.max_token_lifetime <= 0 or settings.control_interval <= 0:
+        raise SettingsError("RAGLINE_MAX_TOKEN_LIFETIME and RAGLINE_CONTROL_INTERVAL must be > 0")
     for name in ("max_subscriptions_per_connection", "max_query_depth", "max_query_tokens", "max_query_aliases"):
         if getattr(settings, name) < 1:
             raise SettingsError(f"{_variable(name)} must be >= 1")

@@ -171,6 +171,7 @@ class GraphQLSocket:
             # Strawberry's execution contexts (one per operation on its path) are cyclic and
             # keep the context; without its socket it keeps nothing of the connection.
             self.context.request = None
+            self.context.refresh = None  # it refers to the context and the connection
 
     async def _read(self) -> None:
         """Read client messages until the client goes or a malformed one is refused."""
@@ -250,6 +251,9 @@ class GraphQLSocket:
 
     async def expire(self) -> None:
         await self._last_words(self.close(closes.TOKEN_EXPIRED), "the token-expired close")
+
+    async def revoke(self) -> None:
+        await self._last_words(self.close(closes.REVOKED), "the revoked close")
 
     async def drain(self) -> None:
         """End every operation (their cursors flushed), then say `complete` for each and close 1001."""
@@ -661,6 +665,16 @@ class LegacySocket(GraphQLSocket):
     async def rejected(self, payload: object) -> None:
         await self.send_message({"type": "connection_error", "payload": payload})
         await super().rejected(payload)
+
+    async def revoke(self) -> None:
+        """`connection_error` (what subscriptions-transport-ws hands to the connection's
+        callback), then 4403."""
+
+        async def words() -> None:
+            await self.send_message({"type": "connection_error", "payload": {"message": closes.REVOKED.reason}})
+            await self.close(closes.REVOKED)
+
+        await self._last_words(words(), "the revoked close")
 
     async def over_limit(self, refused: ConnectionRefused) -> None:
         await self.send_message({"type": "connection_error", "payload": {"message": refused.reason}})

@@ -16,6 +16,7 @@ socket's whole life, about 12 KB per connection.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -29,9 +30,10 @@ from strawberry.schema import BaseSchema
 
 from ..resolvers.context import GatewayContext, Principal
 from ..resolvers.shared import Planner
+from ..schema.errors import ErrorCode, GatewayError
 from . import sockets
 from .auth import AuthError, token_from_params, token_from_request
-from .connection import Connection
+from .connection import Connection, RefreshRefused
 from .http_streams import SUBSCRIPTION_PROTOCOLS, HTTPSubscriptions
 from .ide import graphiql_html
 from .limits import PlannerOptions
@@ -68,8 +70,12 @@ class GatewayRouter(HTTPSubscriptions, GraphQLRouter[GatewayContext, None]):
     def graphql_ide_html(self) -> str:
         return graphiql_html()  # assets served by the gateway, no CDN
 
+    def _new_context(self) -> GatewayContext:
+        runtime = self.runtime
+        return GatewayContext(hub=runtime.hub, delivery=runtime.metrics.delivery, live=runtime.live)
+
     async def _context(self, connection: HTTPConnection) -> GatewayContext:
-        context = GatewayContext(hub=self.runtime.hub, delivery=self.runtime.metrics.delivery)
+        context = self._new_context()
         if connection.scope["type"] == "http" and _is_graphql_request(connection):
             context.principal = await self._authenticate(
                 token_from_request(connection.headers, connection.query_params)
@@ -78,13 +84,13 @@ class GatewayRouter(HTTPSubscriptions, GraphQLRouter[GatewayContext, None]):
 
     def socket_context(self, websocket: WebSocket) -> GatewayContext:
         """A WebSocket's context: its principal is set by `open_socket`."""
-        context = GatewayContext(hub=self.runtime.hub, delivery=self.runtime.metrics.delivery)
+        context = self._new_context()
         context.request = websocket
         return context
 
     async def _authenticate(self, token: str | None) -> Principal:
         try:
-            return await self.runtime.authenticator.authenticate(token)
+            return await self.runtime.authenticate(token)
         except AuthError as error:
             logger.info("HTTP request refused: %s", error.reason)
             raise HTTPException(401, "Unauthorized", headers={"WWW-Authenticate": "Bearer"}) from None
@@ -98,12 +104,13 @@ class GatewayRouter(HTTPSubscriptions, GraphQLRouter[GatewayContext, None]):
             websocket.headers, websocket.query_params
         )
         try:
-            principal = await self.runtime.authenticator.authenticate(token)
+            principal = await self.runtime.authenticate(token)
         except AuthError as error:
             logger.info("WebSocket connection refused: %s", error.reason)
             raise ConnectionRejectionError({"message": "Forbidden"}) from None
         connection.open(principal)
         context.principal = principal
+        context.refresh = _refresher(context, connection)
         context.connection_params = None  # read: the token need not stay in memory
         TENANT.set(principal.tenant_id)  # this socket's logs
 
@@ -120,6 +127,20 @@ class GraphQLWebSockets:
             await sockets.serve(self.router, scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+
+def _refresher(context: GatewayContext, connection: Connection) -> Callable[[str], Awaitable[Principal]]:
+    """`refreshToken` on this socket: the connection's principal and the context's move together."""
+
+    async def refresh(token: str) -> Principal:
+        try:
+            principal = await connection.refresh(token)
+        except RefreshRefused as refused:
+            raise GatewayError(ErrorCode.FORBIDDEN, str(refused)) from None
+        context.principal = principal
+        return principal
+
+    return refresh
 
 
 def _is_graphql_request(connection: HTTPConnection) -> bool:

@@ -1,14 +1,18 @@
-"""What a resolver may know about the request: who is asking, and the hub."""
+"""What a resolver may know about the request: who is asking, the hub, live control."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from strawberry.fastapi import BaseContext
 
 from ..streaming.hub import Hub
 from .metrics import DeliveryMetrics
+
+if TYPE_CHECKING:
+    from .live import LiveControl
 
 ADMIN_ROLE = "admin"
 
@@ -21,6 +25,7 @@ class Principal:
     user_id: str
     roles: frozenset[str] = frozenset()
     expires_at: float | None = None
+    issued_at: float | None = None  # the token's `iat`, if it had one (revocations go by it)
 
     @property
     def is_admin(self) -> bool:
@@ -35,6 +40,10 @@ class GatewayContext(BaseContext):
     principal: Principal | None = None
     delivery: DeliveryMetrics | None = None  # per-event figures for /metrics
     connection_params: dict[str, Any] | None = None
+    live: LiveControl | None = None  # presence, revocations, stats updates
+    # On a WebSocket on /graphql: verify a new token for this connection and move its
+    # expiry (refreshToken); AuthError or GatewayError when refused.
+    refresh: Callable[[str], Awaitable[Principal]] | None = None
 
     def __post_init__(self) -> None:
         super().__init__()

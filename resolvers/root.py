@@ -1,4 +1,4 @@
-"""The root types (`Query`, `Subscription`) wired to the resolvers, and the schema built from them.
+"""The root types (`Query`, `Mutation`, `Subscription`) wired to the resolvers, and the schema built from them.
 
 `app.py` serves `build_schema(...)` with the limits of `gateway.limits`; `SCHEMA`, without
 extensions, is what `ragline schema` exports (graphql/schema.graphql): the same types.
@@ -17,7 +17,18 @@ from strawberry.types import ExecutionContext, Info
 from strawberry.types.unset import UNSET
 
 from ..schema.errors import is_internal
-from ..schema.types import SCALARS, Event, EventFilter, OrderEvent, Stats
+from ..schema.types import (
+    SCALARS,
+    Event,
+    EventFilter,
+    OrderEvent,
+    Presence,
+    PresenceChange,
+    Revocation,
+    Session,
+    Stats,
+)
+from . import live
 from .context import GatewayContext
 from .events import open_events, open_order_events
 from .stats import resolve_stats
@@ -30,6 +41,31 @@ class Query:
     @strawberry.field(description="Live gateway figures for the caller's tenant (all tenants for admins).")  # type: ignore[untyped-decorator]
     async def stats(self, info: Info[GatewayContext, None]) -> Stats:
         return await resolve_stats(info.context)
+
+    @strawberry.field(description="Who of the caller's tenant is connected now, on every gateway process.")  # type: ignore[untyped-decorator]
+    async def presence(self, info: Info[GatewayContext, None]) -> Presence:
+        return await live.resolve_presence(info.context)
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(
+        description="Go on under a new token of the same tenant and user (over the WebSocket it refreshes)."
+    )  # type: ignore[untyped-decorator]
+    async def refresh_token(self, info: Info[GatewayContext, None], token: str) -> Session:
+        return await live.refresh_token(info.context, token)
+
+    @strawberry.mutation(
+        description="Admins: end the user's connections (every user's when null) and refuse the tokens issued before now."
+    )  # type: ignore[untyped-decorator]
+    async def revoke(
+        self,
+        info: Info[GatewayContext, None],
+        tenant_id: str,
+        user_id: str | None = UNSET,
+        reason: str | None = UNSET,
+    ) -> Revocation:
+        return await live.revoke(info.context, tenant_id, _given(user_id), _given(reason))
 
 
 @strawberry.type
@@ -59,6 +95,20 @@ class Subscription:
         return await open_order_events(
             info.context, _given(order_id), _where(where), _given(after), _given(durable)
         )
+
+    @strawberry.subscription(
+        description="The `stats` figures at once, then every `intervalSeconds` (default 5, 1 to 3600)."
+    )  # type: ignore[untyped-decorator]
+    async def stats_updates(
+        self, info: Info[GatewayContext, None], interval_seconds: int | None = UNSET
+    ) -> AsyncIterator[Stats]:
+        return await live.stats_updates(info.context, _given(interval_seconds))
+
+    @strawberry.subscription(
+        description="JOINED for each user of the caller's tenant present now, then JOINED and LEFT as they come and go."
+    )  # type: ignore[untyped-decorator]
+    async def presence_changes(self, info: Info[GatewayContext, None]) -> AsyncIterator[PresenceChange]:
+        return await live.presence_changes(info.context)
 
 
 def _given(value: T | None) -> T | None:
@@ -92,6 +142,7 @@ def build_schema(extensions: Sequence[ExtensionFactory] = ()) -> GatewaySchema:
     factories: list[ExtensionFactory] = [*extensions, lambda: MaskErrors(should_mask_error=is_internal)]
     return GatewaySchema(
         query=Query,
+        mutation=Mutation,
         subscription=Subscription,
         config=StrawberryConfig(scalar_map=SCALARS),  # type: ignore[arg-type]  # keyed by a NewType
         extensions=factories,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..schema.types import Long, Stats, TenantStats
-from .context import GatewayContext
+from ..streaming.hub import Hub
+from .context import GatewayContext, Principal
 from .events import require_principal
 
 
@@ -11,8 +12,18 @@ async def resolve_stats(context: GatewayContext) -> Stats:
     principal = require_principal(context)
     hub = context.hub
     assert hub is not None
+    return await visible_stats(hub, visibility(principal))
+
+
+def visibility(principal: Principal) -> str | None:
+    """What the caller's figures cover: its tenant, or every tenant (None) for admins."""
+    return None if principal.is_admin else principal.tenant_id
+
+
+async def visible_stats(hub: Hub, tenant_id: str | None) -> Stats:
+    """The figures of `tenant_id`, or of every tenant when None."""
     figures = await hub.all_figures()
-    visible = sorted(figures) if principal.is_admin else [principal.tenant_id]
+    visible = sorted(figures) if tenant_id is None else [tenant_id]
     tenants = [_tenant_stats(tenant_id, figures.get(tenant_id, {})) for tenant_id in visible]
     return Stats(
         connections=sum(t.connections for t in tenants),

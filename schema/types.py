@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import Enum
 from typing import NewType
 
 import strawberry
@@ -107,3 +108,45 @@ class EventFilter:
                 value = [child.as_dict() for child in value]
             found[field.graphql_name or field.python_name] = value
         return found
+
+
+@strawberry.type(description="The identity and expiry of a connection after `refreshToken`.")
+class Session:
+    tenant_id: str
+    user_id: str
+    expires_at: datetime = strawberry.field(description="When the connection's token now expires.")
+
+
+@strawberry.type(description="A revocation: tokens of the user (every user when null) issued before `revokedBefore`.")
+class Revocation:
+    tenant_id: str
+    user_id: str | None
+    revoked_before: datetime
+
+
+@strawberry.type(description="A user with at least one open authenticated connection.")
+class PresenceUser:
+    user_id: str
+    connections: int = strawberry.field(description="Open connections of the user, on every gateway process.")
+    since: datetime = strawberry.field(description="When the user's earliest open connection opened.")
+
+
+@strawberry.type(description="Who of the caller's tenant is connected, on any gateway process.")
+class Presence:
+    tenant_id: str
+    connections: int
+    users: list[PresenceUser] = strawberry.field(description="By user id.")
+
+
+@strawberry.enum(description="What happened to a user's presence.")
+class PresenceChangeKind(Enum):
+    JOINED = "JOINED"
+    LEFT = "LEFT"
+
+
+@strawberry.type(description="A user's first connection opened (JOINED), or its last one closed (LEFT).")
+class PresenceChange:
+    kind: PresenceChangeKind
+    user_id: str
+    connections: int = strawberry.field(description="The user's open connections now (0 when LEFT).")
+    at: datetime

@@ -4,7 +4,8 @@ Every gateway process keeps a liveness key alive (`ragline:process:<id>`,
 with a TTL, holding the process's per-tenant figures for `stats`). Its ephemeral groups carry its id in their name, so when the
 key is gone (kill -9, OOM, a network partition longer than the TTL) any
 process may destroy them. Durable groups live until nobody holds them for
-`durable_ttl`. A sweep runs in every process, but a short lock makes only one
+`durable_ttl`; the presence fields of a dead process (`streaming.presence`) go with its
+groups. A sweep runs in every process, but a short lock makes only one
 of them do it per interval. On a Redis Cluster the sweep's SCAN runs on every
 primary; the liveness keys and the lock are single-key commands on any slot.
 """
@@ -40,6 +41,7 @@ class JanitorConfig:
 class SweepReport:
     ephemeral_removed: int = 0
     durable_removed: int = 0
+    presence_removed: int = 0
 
 
 class Janitor:
@@ -85,6 +87,10 @@ class Janitor:
             tenant_id = keys.tenant_from_events_key(key)
             if tenant_id is not None:
                 await self._sweep_stream(key, tenant_id, alive, report)
+        async for raw_key in self.redis.scan_iter(match=f"{keys.PREFIX}:{{*}}:presence", count=500):
+            key = text(raw_key, "replace")
+            if keys.tenant_from_presence_key(key) is not None:
+                await self._sweep_presence(key, alive, report)
         if report.ephemeral_removed or report.durable_removed:
             logger.info(
                 "janitor removed %s orphaned and %s expired durable groups",
@@ -111,6 +117,15 @@ class Janitor:
                 await self.redis.xgroup_destroy(key, group)
                 await self.redis.hdel(registry, f"owner:{group}", f"seen:{group}", f"pos:{group}")
                 report.durable_removed += 1
+
+    async def _sweep_presence(self, key: str, alive: dict[str, bool], report: SweepReport) -> None:
+        """Delete the presence fields of processes that died (nobody counts them already)."""
+        dead = [
+            field for field in map(text, await self.redis.hkeys(key))
+            if not await self._alive(field.partition("|")[0], alive)
+        ]
+        if dead:
+            report.presence_removed += await self.redis.hdel(key, *dead)
 
     async def _durable_expired(self, registry: str, group: str, alive: dict[str, bool]) -> bool:
         owner, seen = await self.redis.hmget(registry, [f"owner:{group}", f"seen:{group}"])

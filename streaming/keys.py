@@ -31,6 +31,12 @@ def validate_tenant(tenant_id: str) -> str:
     return tenant_id
 
 
+def validate_user(user_id: str) -> str:
+    if not is_valid_id(user_id):
+        raise ValueError(f"Invalid user id {user_id!r}")
+    return user_id
+
+
 def events_key(tenant_id: str) -> str:
     """The tenant's event stream; the braces keep a tenant on one cluster slot."""
     return f"{PREFIX}:{{{validate_tenant(tenant_id)}}}:events"
@@ -55,6 +61,26 @@ def process_key(process_id: str) -> str:
     return f"{PREFIX}:process:{process_id}"
 
 
+def revoked_key(tenant_id: str, user_id: str | None) -> str:
+    """A revocation: the whole tenant's tokens (`user_id` None) or one user's, issued before
+    the time it holds (unix milliseconds); it expires once no token it covers can be valid."""
+    base = f"{PREFIX}:{{{validate_tenant(tenant_id)}}}:revoked"
+    return base if user_id is None else f"{base}:{validate_user(user_id)}"
+
+
+def presence_key(tenant_id: str) -> str:
+    """Hash: `<process id>|<user id>` -> `<connections>:<since, unix ms>`, one field per
+    process that has connections of that user."""
+    return f"{PREFIX}:{{{validate_tenant(tenant_id)}}}:presence"
+
+
+def tenant_from_presence_key(key: str) -> str | None:
+    match = re.fullmatch(rf"{PREFIX}:\{{({ID_PATTERN.pattern})\}}:presence", key)
+    return match.group(1) if match else None
+
+
+# Every revocation, for every process to close the connections it covers (one key: one slot).
+REVOCATIONS_KEY = f"{PREFIX}:revocations"
 PROCESS_PATTERN = f"{PREFIX}:process:*"
 JANITOR_LOCK_KEY = f"{PREFIX}:janitor:lock"
 DEMO_LOCK_KEY = f"{PREFIX}:demo:producer"
