@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager, suppress
 from fastapi import FastAPI
 
 from .gateway.compat import router as compat_router
+from .gateway.dashboard import router as dashboard_router
 from .gateway.health import router as health_router
 from .gateway.ide import mount_graphiql_assets
 from .gateway.limits import planner_options, schema_extensions
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(graphql_router)  # HTTP; its WebSockets skip FastAPI's routing:
     app.add_middleware(GraphQLWebSockets, router=graphql_router)
     app.include_router(health_router)
+    app.include_router(dashboard_router)  # GET /dashboard and its assets
     if runtime.settings.graphiql:
         mount_graphiql_assets(app)
     app.include_router(compat_router)

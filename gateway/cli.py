@@ -1,4 +1,4 @@
-"""The `ragline` command: `serve`, `publish` and `token`."""
+"""The `ragline` command: `serve`, `publish`, `token`, `revoke`, `bridge` and `schema`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from contextlib import suppress
+from datetime import UTC, datetime
 from typing import Any
 
 import jwt
@@ -18,6 +19,7 @@ import orjson
 
 from ..streaming.connections import open_client
 from ..streaming.publish import publish
+from .dashboard import dashboard_link
 from .demo import DEMO_TENANT, DEMO_USER
 from .ide import graphiql_link
 from .logs import log_config
@@ -70,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--role", action="append", default=[], help="repeatable, e.g. --role admin")
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
     token.set_defaults(handler=token_command)
+    revoke = commands.add_parser(
+        "revoke", help="end a user's (or a whole tenant's) connections and refuse its tokens issued before now"
+    )
+    revoke.add_argument("--tenant", required=True)
+    revoke.add_argument("--user", help="one user (default: every user of the tenant)")
+    revoke.add_argument("--reason", help="recorded in the gateways' logs")
+    revoke.set_defaults(handler=revoke_command)
     bridge = commands.add_parser("bridge", help="move the shared streams' entries into the per-tenant streams")
     bridge.add_argument("--consumer", help="its name in the ragline-bridge group (default: the host name)")
     bridge.set_defaults(handler=bridge_command)
@@ -162,6 +171,8 @@ def _print_banner(settings: Settings) -> None:
             f"  {token}",
             "Open GraphiQL with the token and a subscription filled in, then press Run:",
             f"  {graphiql_link(address, token, EXAMPLE_SUBSCRIPTION)}",
+            "Live dashboard (connections, deliveries per second, users present):",
+            f"  {dashboard_link(address, token)}",
         ]
     print("\n".join(lines), flush=True)
 
@@ -206,6 +217,37 @@ async def _publish(url: str, tenant: str, event_type: str, payload: Any, event_i
     client = open_client(url)  # one server, or a cluster (redis+cluster://)
     try:
         return await publish(client, tenant, event_type, payload, event_id=event_id)
+    finally:
+        await client.aclose()
+
+
+def revoke_command(settings: Settings, args: argparse.Namespace) -> int:
+    """What the `revoke` mutation does, from the command line: every gateway sharing the
+    Redis ends the matching connections within RAGLINE_CONTROL_INTERVAL."""
+    from ..resolvers.live import log_revocation
+    from ..streaming.keys import is_valid_id
+
+    if not is_valid_id(args.tenant) or (args.user is not None and not is_valid_id(args.user)):
+        raise ValueError("tenant and user must match [A-Za-z0-9_.-]{1,64}")
+    logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
+    url, embedded = resolve_redis_url(settings)
+    try:
+        revoked_before = asyncio.run(_revoke(url, settings, args.tenant, args.user))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    log_revocation("the command line (ragline revoke)", args.tenant, args.user, args.reason)
+    print(datetime.fromtimestamp(revoked_before, UTC).isoformat())
+    return 0
+
+
+async def _revoke(url: str, settings: Settings, tenant: str, user: str | None) -> float:
+    from ..streaming.revocations import Revocations
+
+    client = open_client(url)
+    try:
+        revocations = Revocations(client, settings.max_token_lifetime + settings.jwt_leeway)
+        return (await revocations.revoke(tenant, user)).revoked_before
     finally:
         await client.aclose()
 
