@@ -14,8 +14,9 @@ expired (the orphan timeout, `streaming.janitor`), and the janitor deletes them.
 taken every `interval` seconds by one `PresenceWatch` per tenant and process, for all of
 that tenant's watchers on the process: JOINED when a user appears, LEFT when one has been
 gone for `grace` seconds (a user who reconnects within it, as clients do after a token
-refresh or a gateway restart, produces no pair), or at once when the only processes that
-counted it died.
+refresh or a gateway restart, produces no pair), or at once when every process that
+counted it died (whether or not the janitor has deleted their fields yet). A snapshot
+takes this process's own counts from memory, so a connection that just opened is in it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from enum import StrEnum
@@ -43,11 +45,13 @@ class ChangeKind(StrEnum):
 
 @dataclass(frozen=True)
 class PresentUser:
-    """One user of a tenant: connections on the live processes, since when (unix seconds)."""
+    """One user of a tenant: connections on the live processes, since when (unix seconds),
+    and which processes count them."""
 
     user_id: str
     connections: int
     since: float
+    processes: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -60,10 +64,10 @@ class Change:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A tenant's users on live processes, and those counted only by processes that died."""
+    """A tenant's users on live processes, and which of the processes asked about are alive."""
 
     users: dict[str, PresentUser]
-    orphaned: frozenset[str]
+    alive: frozenset[str]
 
 
 class PresenceBoard:
@@ -74,7 +78,7 @@ class PresenceBoard:
         self.process_id = process_id
         self.interval = interval
         self.grace = grace
-        self._counts: dict[tuple[str, str], tuple[int, int]] = {}  # (tenant, user) -> (connections, since ms)
+        self._counts: dict[str, dict[str, tuple[int, int]]] = {}  # tenant -> user -> (connections, since ms)
         self._dirty: set[tuple[str, str]] = set()
         self._flusher: asyncio.Task[None] | None = None
         self._watches: dict[str, PresenceWatch] = {}
@@ -83,14 +87,18 @@ class PresenceBoard:
     # -- this process's counts ------------------------------------------------
 
     def opened(self, tenant_id: str, user_id: str) -> None:
-        count, since = self._counts.get((tenant_id, user_id), (0, 0))
-        self._counts[(tenant_id, user_id)] = (count + 1, since or round(time.time() * 1000))
+        users = self._counts.setdefault(tenant_id, {})
+        count, since = users.get(user_id, (0, 0))
+        users[user_id] = (count + 1, since or round(time.time() * 1000))
         self._changed((tenant_id, user_id))
 
     def closed(self, tenant_id: str, user_id: str) -> None:
-        count, since = self._counts.pop((tenant_id, user_id), (0, 0))
+        users = self._counts.get(tenant_id, {})
+        count, since = users.pop(user_id, (0, 0))
         if count > 1:
-            self._counts[(tenant_id, user_id)] = (count - 1, since)
+            users[user_id] = (count - 1, since)
+        elif not users:
+            self._counts.pop(tenant_id, None)
         self._changed((tenant_id, user_id))
 
     def _changed(self, scope: tuple[str, str]) -> None:
@@ -117,7 +125,7 @@ class PresenceBoard:
         async with self.redis.pipeline(transaction=False) as pipe:
             for tenant_id, user_id in scopes:
                 field = f"{self.process_id}|{user_id}"
-                counted = self._counts.get((tenant_id, user_id))
+                counted = self._counts.get(tenant_id, {}).get(user_id)
                 if counted is None:
                     pipe.hdel(keys.presence_key(tenant_id), field)
                 else:
@@ -135,33 +143,35 @@ class PresenceBoard:
                 await flusher
         if self._dirty:
             with suppress(*REDIS_ERRORS):
-                await self._write(self._dirty | set(self._counts))
+                await self._write(self._dirty)
 
     # -- reading --------------------------------------------------------------
 
-    async def snapshot(self, tenant_id: str) -> Snapshot:
-        """The tenant's users on live processes (one HGETALL, and one EXISTS per process
-        not checked within the last `interval`)."""
+    async def snapshot(self, tenant_id: str, processes: Iterable[str] = ()) -> Snapshot:
+        """The tenant's users on live processes: this process's counts as they are now, the
+        others' as written (one HGETALL, and one EXISTS per other process not checked within
+        the last `interval`); also which of `processes` are alive."""
         fields = await self.redis.hgetall(keys.presence_key(tenant_id))
-        counted: list[tuple[str, str, int, int]] = []  # (process, user, connections, since ms)
+        counted: list[tuple[str, str, int, int]] = [  # (process, user, connections, since ms)
+            (self.process_id, user_id, count, since) for user_id, (count, since) in self._counts.get(tenant_id, {}).items()
+        ]
         for raw_field, raw_value in fields.items():
             process_id, _, user_id = text(raw_field, "replace").partition("|")
             count_text, _, since_text = text(raw_value, "replace").partition(":")
-            if user_id and count_text.isdigit() and since_text.isdigit():
+            if process_id != self.process_id and user_id and count_text.isdigit() and since_text.isdigit():
                 counted.append((process_id, user_id, int(count_text), int(since_text)))
-        alive = await self._alive_processes({process_id for process_id, *_ in counted})
+        alive = await self._alive_processes({process_id for process_id, *_ in counted} | set(processes))
         users: dict[str, PresentUser] = {}
-        orphaned: set[str] = set()
         for process_id, user_id, count, since_ms in counted:
             if process_id not in alive or count <= 0:
-                orphaned.add(user_id)
                 continue
             known = users.get(user_id)
-            since = since_ms / 1000
+            since, counted_by = since_ms / 1000, frozenset({process_id})
             if known is not None:
                 count, since = known.connections + count, min(known.since, since)
-            users[user_id] = PresentUser(user_id, count, since)
-        return Snapshot(users, frozenset(orphaned - users.keys()))
+                counted_by |= known.processes
+            users[user_id] = PresentUser(user_id, count, since, counted_by)
+        return Snapshot(users, frozenset(alive))
 
     async def _alive_processes(self, process_ids: set[str]) -> set[str]:
         now = time.monotonic()
@@ -255,7 +265,8 @@ class PresenceWatch:
         while True:
             await asyncio.sleep(self.board.interval)
             try:
-                snapshot = await self.board.snapshot(self.tenant_id)
+                counted_by = set().union(*(user.processes for user in self.present.values()))
+                snapshot = await self.board.snapshot(self.tenant_id, counted_by)
             except REDIS_ERRORS as error:
                 logger.debug("presence of tenant %s not read (%s)", self.tenant_id, error)
                 continue
@@ -272,7 +283,8 @@ class PresenceWatch:
             self.present[user_id] = user
         for user_id in sorted(self.present.keys() - snapshot.users.keys()):
             gone_since = self._absent.setdefault(user_id, now)
-            if user_id in snapshot.orphaned or now - gone_since >= self.board.grace:
+            died = not self.present[user_id].processes & snapshot.alive  # every process that counted it
+            if died or now - gone_since >= self.board.grace:
                 del self.present[user_id]
                 self._absent.pop(user_id, None)
                 changes.append(Change(ChangeKind.LEFT, user_id, 0, time.time()))
