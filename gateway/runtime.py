@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from redis.backoff import ExponentialBackoff
 
 from ..resolvers.context import Principal
-from ..resolvers.live import LiveControl
+from ..resolvers.control import LiveControl
 from ..streaming.bridge import Bridge, BridgeConfig, default_consumer
 from ..streaming.connections import REDIS_ERRORS, AnyRedis, open_client
 from ..streaming.hub import Hub, HubConfig, new_process_id

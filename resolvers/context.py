@@ -12,7 +12,7 @@ from ..streaming.hub import Hub
 from .metrics import DeliveryMetrics
 
 if TYPE_CHECKING:
-    from .live import LiveControl
+    from .control import LiveControl
 
 ADMIN_ROLE = "admin"
 

@@ -1,18 +1,10 @@
-"""Live control: `refreshToken`, `revoke`, `presence`, `presenceChanges` and `statsUpdates`.
-
-What they share per process is `LiveControl`: the presence board and the revocations
-(`streaming.presence`, `streaming.revocations`), and the stats tickers, which compute the
-figures once per interval per distinct visibility (one tenant, or every tenant for admins)
-for all of their subscribers, however many.
-"""
+"""Live control's resolvers: `refreshToken`, `revoke`, `presence`, `presenceChanges`,
+`statsUpdates`, on what the process shares (`resolvers.control.LiveControl`)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import suppress
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from ..schema.errors import ErrorCode, GatewayError
@@ -27,82 +19,16 @@ from ..schema.types import (
 )
 from ..streaming import keys
 from ..streaming.connections import REDIS_ERRORS
-from ..streaming.hub import Hub
-from ..streaming.presence import Change, Listener, PresenceBoard
-from ..streaming.revocations import Revocations
+from ..streaming.presence import Change, Listener
 from .context import GatewayContext, Principal
+from .control import LiveControl
 from .events import require_principal
-from .stats import visibility, visible_stats
+from .stats import visibility
 
 logger = logging.getLogger(__name__)
 DEFAULT_STATS_INTERVAL = 5
 STATS_INTERVALS = range(1, 3601)
 UNAVAILABLE = "The gateway cannot reach Redis right now; retry later"
-
-
-@dataclass
-class LiveControl:
-    """This process's presence board, revocations and stats tickers."""
-
-    hub: Hub
-    presence: PresenceBoard
-    revocations: Revocations
-    _tickers: dict[tuple[str | None, int], StatsTicker] = field(default_factory=dict)
-
-    async def stats_updates(self, tenant_id: str | None, interval: int) -> AsyncIterator[Stats]:
-        """The latest figures at once, then each new computation, of the ticker for
-        (`tenant_id`, `interval`), started by its first subscriber, stopped after its last."""
-        key = (tenant_id, interval)
-        ticker = self._tickers.get(key)
-        if ticker is None:
-            ticker = self._tickers[key] = StatsTicker(self.hub, tenant_id, interval)
-        queue: asyncio.Queue[Stats] = asyncio.Queue(maxsize=1)  # a reader that lags gets the latest
-        ticker.listeners.add(queue)
-        try:
-            if ticker.latest is not None:
-                yield ticker.latest
-            while True:
-                yield await queue.get()
-        finally:
-            ticker.listeners.discard(queue)
-            if not ticker.listeners and self._tickers.get(key) is ticker:
-                del self._tickers[key]
-                await ticker.stop()
-
-    async def close(self) -> None:
-        for ticker in list(self._tickers.values()):
-            await ticker.stop()
-        self._tickers.clear()
-        await self.presence.close()
-
-
-class StatsTicker:
-    """Computes one visibility's figures every `interval` seconds for its listeners."""
-
-    def __init__(self, hub: Hub, tenant_id: str | None, interval: int) -> None:
-        self.hub = hub
-        self.tenant_id = tenant_id
-        self.interval = interval
-        self.latest: Stats | None = None
-        self.listeners: set[asyncio.Queue[Stats]] = set()
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        while True:
-            self.latest = stats = await visible_stats(self.hub, self.tenant_id)
-            for queue in self.listeners:
-                if queue.full():
-                    queue.get_nowait()
-                queue.put_nowait(stats)
-            next_at += self.interval
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        with suppress(asyncio.CancelledError):
-            await self._task
 
 
 def _live(context: GatewayContext) -> LiveControl:
@@ -196,4 +122,4 @@ def log_revocation(by: Principal | str, tenant_id: str, user_id: str | None, rea
     logger.warning("revocation: %s revoked the tokens of %s; reason: %s", who, whom, reason or "(none given)")
 
 
-__all__ = ["LiveControl", "log_revocation"]
+__all__ = ["log_revocation"]
