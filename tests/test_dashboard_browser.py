@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import redis
 
+from browser import BROWSER_TIMEOUT_MS, offline_page, require_browser, screenshot
 from helpers import (
     EVENTS_QUERY,
     ORDERS_QUERY,
@@ -31,21 +29,9 @@ from helpers import (
 )
 from ragline.resolvers.live import UNAVAILABLE
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
-playwright_api = pytest.importorskip(
-    "playwright.async_api", reason="the Python playwright package is missing (pip install -e '.[test]')"
-)
+playwright_api = require_browser()
 
 pytestmark = pytest.mark.anyio
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-LAUNCH_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-BROWSER_TIMEOUT_MS = 15_000
 REFUSED_HINT = "The token was refused: connect with a fresh one."
 CSP = (
     "default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self'; "
@@ -65,64 +51,6 @@ CHART_DRAWN = """() => {
 
 expect = playwright_api.expect
 expect.set_options(timeout=BROWSER_TIMEOUT_MS)
-
-
-@dataclass
-class Traffic:
-    """What the page did: requests to other hosts are aborted and recorded, and so are
-    failed responses, page errors, console errors (a CSP violation is one), WebSockets
-    and the frames the page sent on them."""
-
-    blocked: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    page_errors: list[str] = field(default_factory=list)
-    console_errors: list[str] = field(default_factory=list)
-    websockets: list[str] = field(default_factory=list)
-    frames_sent: list[str] = field(default_factory=list)
-
-    async def local_only(self, route: Any) -> None:
-        url = route.request.url
-        if urlsplit(url).hostname in LOCAL_HOSTS:
-            await route.continue_()
-        else:
-            self.blocked.append(url)
-            await route.abort("internetdisconnected")
-
-    def on_response(self, response: Any) -> None:
-        if response.status >= 400:
-            self.failed.append(f"{response.status} {response.url}")
-
-    def on_console(self, message: Any) -> None:
-        if message.type == "error":
-            self.console_errors.append(message.text)
-
-    def on_websocket(self, websocket: Any) -> None:
-        self.websockets.append(websocket.url)
-        websocket.on("framesent", lambda payload: self.frames_sent.append(payload))
-
-    def problems(self) -> tuple[list[str], ...]:
-        return self.blocked, self.failed, self.page_errors, self.console_errors
-
-
-@asynccontextmanager
-async def offline_page() -> AsyncIterator[tuple[Any, Traffic]]:
-    """A Chromium page that can reach only this machine."""
-    async with playwright_api.async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
-        try:
-            context = await browser.new_context(viewport={"width": 1280, "height": 900})
-            context.set_default_timeout(BROWSER_TIMEOUT_MS)
-            traffic = Traffic()
-            await context.route("**/*", traffic.local_only)
-            page = await context.new_page()
-            page.on("response", traffic.on_response)
-            page.on("requestfailed", lambda request: traffic.failed.append(f"failed {request.url}"))
-            page.on("pageerror", lambda error: traffic.page_errors.append(str(error)))
-            page.on("console", traffic.on_console)
-            page.on("websocket", traffic.on_websocket)
-            yield page, traffic
-        finally:
-            await browser.close()
 
 
 def dashboard_url(gateway: GatewayServer, token: str | None = None) -> str:
@@ -148,15 +76,10 @@ def user(page: Any, user_id: str) -> Any:
     return page.locator(f'#users li[data-user="{user_id}"]')
 
 
-async def screenshot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / name), full_page=True)
-
-
 async def test_the_figures_chart_and_users_follow_a_tenants_clients_while_cdns_are_unreachable(
     gateway: GatewayServer, redis_client: redis.Redis, tenant: str
 ) -> None:
-    async with offline_page() as (page, traffic):
+    async with offline_page(height=900) as (page, traffic):
         response = await page.goto(dashboard_url(gateway, make_token(tenant, "watcher")))
         assert response.headers["content-security-policy"] == CSP
         await connected(page)
@@ -185,7 +108,7 @@ async def test_the_figures_chart_and_users_follow_a_tenants_clients_while_cdns_a
             await page.wait_for_function(DELIVERING)
             await page.wait_for_function(CHART_DRAWN)
             await expect(page.locator("#pending")).to_have_text("0")
-            await screenshot(page, "dashboard.png")
+            await screenshot(page, "dashboard.png", full_page=True)
 
         await expect(user(page, "alice")).to_have_count(0)  # LEFT, once the grace has passed
         await expect(page.locator("#connections")).to_have_text("1")
@@ -201,7 +124,7 @@ async def test_an_admin_sees_every_tenant_in_the_table_and_the_page_answers_ping
 ) -> None:
     gateway = make_gateway(ping_interval=0.2, ping_timeout=1.0)
     other = f"{tenant}-b"
-    async with offline_page() as (page, traffic):
+    async with offline_page(height=900) as (page, traffic):
         await page.goto(dashboard_url(gateway, make_token(tenant, "root", roles=["admin"])))
         await connected(page)
         async with connect(gateway.ws_url, token=make_token(other, "bob")):
@@ -211,7 +134,7 @@ async def test_an_admin_sees_every_tenant_in_the_table_and_the_page_answers_ping
                 await expect(connections).to_have_text("1")
             await expect(user(page, "root")).to_have_count(1)  # presence: the admin's own tenant
             await expect(user(page, "bob")).to_have_count(0)
-            await screenshot(page, "dashboard-admin.png")
+            await screenshot(page, "dashboard-admin.png", full_page=True)
         await wait_until(lambda: traffic.frames_sent.count('{"type":"pong"}') >= 5)
         await expect(page.locator("#status")).to_have_attribute("data-state", "connected")  # no ping timeout
     assert traffic.problems() == ([], [], [], [])
@@ -220,7 +143,7 @@ async def test_an_admin_sees_every_tenant_in_the_table_and_the_page_answers_ping
 async def test_the_token_field_connects_and_a_refused_expired_or_revoked_token_is_shown(
     gateway: GatewayServer, tenant: str
 ) -> None:
-    async with offline_page() as (page, traffic):
+    async with offline_page(height=900) as (page, traffic):
         await page.goto(dashboard_url(gateway))
         status = page.locator("#status")
         await expect(status).to_have_text("Not connected: paste a token and press Connect.")
@@ -237,7 +160,7 @@ async def test_the_token_field_connects_and_a_refused_expired_or_revoked_token_i
         await expect(user(page, "carol")).to_have_count(1)
         await expect(status).to_have_text(f"Closed by the gateway (4403 Token expired). {REFUSED_HINT}")
         await expect(page.locator("#token-form")).to_be_visible()
-        await screenshot(page, "dashboard-token-expired.png")
+        await screenshot(page, "dashboard-token-expired.png", full_page=True)
 
         await page.fill("#token-input", make_token(tenant, "dave"))
         await page.click("#connect")
@@ -262,7 +185,7 @@ async def test_an_error_message_from_the_gateway_is_shown_as_the_status(gateway:
 
         route.on_message(from_page)
 
-    async with offline_page() as (page, traffic):
+    async with offline_page(height=900) as (page, traffic):
         await page.route_web_socket(gateway.ws_url, presence_fails)
         await page.goto(dashboard_url(gateway, make_token(tenant, "erin")))
         await expect(page.locator("#status")).to_have_attribute("data-state", "error")
@@ -280,7 +203,7 @@ async def test_the_link_printed_by_ragline_serve_demo_shows_the_demo_orders_bein
     try:
         link = re.search(r"^  (http://\S+/dashboard#token=(\S+))$", log.read_text(), re.MULTILINE)
         assert link is not None, log.read_text()
-        async with offline_page() as (page, traffic):
+        async with offline_page(height=900) as (page, traffic):
             await page.goto(link.group(1))
             await connected(page)
             await expect(user(page, "dev")).to_have_count(1)
@@ -288,7 +211,7 @@ async def test_the_link_printed_by_ragline_serve_demo_shows_the_demo_orders_bein
                 await subscriber.subscribe("1", ORDERS_QUERY)
                 order = await subscriber.next_data("1", "orderEvents")  # the demo's, within seconds
                 await page.wait_for_function(DELIVERING)
-            await screenshot(page, "dashboard-serve-link.png")
+            await screenshot(page, "dashboard-serve-link.png", full_page=True)
     finally:
         served.stop()
     assert order["type"] in {"order_created", "order_updated", "order_completed"}

@@ -7,76 +7,22 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import pytest
 import redis
 
+from browser import offline_page, require_browser, screenshot
 from helpers import GatewayProcess, GatewayServer, groups, make_token, publish, wait_until
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
-playwright_api = pytest.importorskip(
-    "playwright.async_api", reason="the Python playwright package is missing (pip install -e '.[test]')"
-)
+require_browser()
 
 pytestmark = pytest.mark.anyio
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-LAUNCH_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 TYPED_SUBSCRIPTION = 'subscription {\n  events(types: ["order_*"]) {\n    id type tenantId payload\n  }\n}\n'
-BROWSER_TIMEOUT_MS = 15_000
 RESPONSE_PANE = ".graphiql-response"
-
-
-@dataclass
-class Traffic:
-    """What the page asked for: requests to other hosts are aborted and recorded."""
-
-    blocked: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    page_errors: list[str] = field(default_factory=list)
-
-    async def local_only(self, route: Any) -> None:
-        url = route.request.url
-        if urlsplit(url).hostname in LOCAL_HOSTS:
-            await route.continue_()
-        else:
-            self.blocked.append(url)
-            await route.abort("internetdisconnected")
-
-    def on_response(self, response: Any) -> None:
-        if response.status >= 400:
-            self.failed.append(f"{response.status} {response.url}")
-
-
-@asynccontextmanager
-async def offline_page() -> AsyncIterator[tuple[Any, Traffic]]:
-    """A Chromium page that can reach only this machine."""
-    async with playwright_api.async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
-        try:
-            context = await browser.new_context(viewport={"width": 1280, "height": 800})
-            context.set_default_timeout(BROWSER_TIMEOUT_MS)
-            traffic = Traffic()
-            await context.route("**/*", traffic.local_only)
-            page = await context.new_page()
-            page.on("response", traffic.on_response)
-            page.on("requestfailed", lambda request: traffic.failed.append(f"failed {request.url}"))
-            page.on("pageerror", lambda error: traffic.page_errors.append(str(error)))
-            yield page, traffic
-        finally:
-            await browser.close()
 
 
 async def run_and_wait_for_a_new_group(page: Any, client: redis.Redis, tenant: str) -> None:
@@ -93,11 +39,6 @@ async def result_with(page: Any, entry_id: str) -> dict[str, Any]:
     )
     text = await page.inner_text(RESPONSE_PANE)
     return dict(json.loads(text.replace("\xa0", " ")))  # CodeMirror indents with no-break spaces
-
-
-async def screenshot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / name))
 
 
 async def test_a_subscription_typed_into_graphiql_shows_an_event_published_while_cdns_are_unreachable(
