@@ -32,6 +32,7 @@ import test_node_clients as node_clients
 from test_cli import RAGLINE, ROOT
 from test_lifecycle import EXPIRED, Outcome, both, http_operation_ended, result_error
 from test_node_clients import node_env  # noqa: F401  (the fixture: Node.js with tests/clients installed)
+from test_resilience import process_env
 from transports import (
     BY_NAME,
     ENDED,
@@ -48,6 +49,7 @@ from transports import (
 from helpers import (
     STATS_QUERY,
     TRANSPORT_WS,
+    GatewayProcess,
     GatewayServer,
     groups,
     make_token,
@@ -489,3 +491,26 @@ async def test_ragline_revoke_ends_the_users_connections_and_prints_the_moment(
     assert ending == Ending([], [], (4403, "Revoked"))
     assert took < REVOKE_WITHIN, f"the connection ended {took:.2f} s after the command returned"
     assert "revocation: " in done.stderr and "alice" in done.stderr and "left the company" in done.stderr, done.stderr
+
+
+async def test_a_revoke_through_one_gateway_process_ends_the_connection_on_another(
+    pair: tuple[GatewayServer, GatewayServer], redis_client: redis.Redis, redis_url: str, tenant: str, tmp_path: Path
+) -> None:
+    """Two OS processes: `ragline serve` (RAGLINE_CONTROL_INTERVAL left at its 0.5 s default)
+    holds alice's socket; the revoke goes to a gateway of the test process. The socket ends
+    4403 "Revoked" within 2 s, and the serving process then refuses the token."""
+    other = GatewayProcess(process_env(redis_url), tmp_path / "other.log").start()
+    try:
+        async with AsyncExitStack() as stack:
+            token = make_token(tenant, "alice")
+            [client] = await open_all(stack, redis_client, tenant, [("graphql-transport-ws", other, token)])  # type: ignore[list-item]
+            await revoke(pair[0], admin(tenant), tenant, "alice")
+            returned = time.monotonic()
+            [(ending, _)] = await ends([client])
+            took = time.monotonic() - returned
+        assert ending == Ending([], [], (4403, "Revoked"))
+        assert took < REVOKE_WITHIN, f"the connection ended {took:.2f} s after the revoke"
+        transport = BY_NAME["graphql-transport-ws"]
+        assert await refusal(transport, other, token) == REFUSED[transport.name]  # type: ignore[arg-type]
+    finally:
+        other.stop()
