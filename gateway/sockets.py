@@ -51,7 +51,7 @@ from .logs import OPERATION_ID, new_connection_id
 from .protocol import legacy_ws_violation, transport_ws_violation
 from .runtime import Runtime
 from .watchdog import Writer, stalled
-from .wsprotocol import SEND_NOW
+from .wsprotocol import RELEASE, SEND_NOW
 
 logger = logging.getLogger(__name__)
 SUBPROTOCOLS = (GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL)
@@ -89,7 +89,8 @@ async def serve(router: Host, scope: Scope, receive: Receive, send: Send) -> Non
         return
     socket_class = TransportSocket if protocol == GRAPHQL_TRANSPORT_WS_PROTOCOL else LegacySocket
     socket = socket_class(router, websocket, send, router.socket_context(websocket))
-    socket.send_now = scope.get("extensions", {}).get(SEND_NOW)
+    extensions = scope.get("extensions", {})
+    socket.send_now, socket.release = extensions.get(SEND_NOW), extensions.get(RELEASE)
     await socket.run()
 
 
@@ -131,7 +132,8 @@ class GraphQLSocket:
         self.acknowledged = False
         self.closed = False
         self._send = send  # the raw ASGI send: every frame goes through `write`
-        self.send_now: Callable[[str], bool] | None = None  # the server's, when it has one (wsprotocol)
+        self.send_now: Callable[[str, bool], bool] | None = None  # the server's, when it has one (wsprotocol)
+        self.release: Callable[[], None] | None = None  # ... and what writes the frames it held
         self._task: asyncio.Task[Any] | None = None
         self._init_timer: asyncio.TimerHandle | None = None
         self._jobs: set[asyncio.Task[None]] = set()  # what timers started (an init-timeout close)
@@ -461,9 +463,9 @@ class GraphQLSocket:
             def write_now(payload: str) -> bool:
                 if operation.completed or self.closed or self._ending is not None:
                     return False
-                return send_now(f"{head}{payload}}}")
+                return send_now(f"{head}{payload}}}", True)  # held: one write per pass (`release`)
 
-            payloads.write_directly(write_now)
+            payloads.write_directly(write_now, self.release)
         send = self._send
         clock = asyncio.get_running_loop().time
         try:

@@ -23,6 +23,12 @@ from websockets.http11 import Request
 # The scope extension holding `send_now(text) -> bool`: write a text frame at once, or
 # say (False) that the socket cannot take one without waiting; ASGI's `send` awaits.
 SEND_NOW = "ragline.websocket.send_now"
+# ... and `release()`: with `send_now(text, hold=True)` the frames wait for it, so that a
+# pass writing several frames to one socket makes one write (one system call) of them.
+RELEASE = "ragline.websocket.release"
+# Held frames are written once they reach this many bytes, so that the transport's high-water
+# mark (asyncio's default: 64 KiB) still stops a pass that writes to a socket nobody reads.
+HOLD_LIMIT = 16 * 1024
 
 
 class Inbox:
@@ -68,21 +74,26 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue = Inbox()  # type: ignore[assignment]
+        self._held: list[bytes] | None = None
+        self._held_bytes = 0
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         if not self.close_sent:
             self.scope["extensions"][SEND_NOW] = self.send_now  # type: ignore[assignment]
+            self.scope["extensions"][RELEASE] = self.release  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         scope = getattr(self, "scope", None)
         if scope is not None:
-            scope["extensions"].pop(SEND_NOW, None)  # it refers back to the protocol
+            scope["extensions"].pop(SEND_NOW, None)  # they refer back to the protocol
+            scope["extensions"].pop(RELEASE, None)
 
-    def send_now(self, text: str) -> bool:
+    def send_now(self, text: str, hold: bool = False) -> bool:
         """What `send` does for a `websocket.send` of `text`, when it would not wait: the
-        handshake done, no close sent, and the transport below its high-water mark."""
+        handshake done, no close sent, and the transport below its high-water mark. With
+        `hold`, the frame is written by the next `release` (the caller's, before it yields)."""
         if not self.writable.is_set() or self.close_sent or self.disconnected or not self.handshake_complete:
             return False
         if self.initial_response is not None:
@@ -91,8 +102,25 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
             self.conn.send_text(text.encode())
         except InvalidState:
             return False
-        self.transport.write(b"".join(self.conn.data_to_send()))
+        data = b"".join(self.conn.data_to_send())
+        if not hold:
+            self.release()
+            self.transport.write(data)
+            return True
+        if self._held is None:
+            self._held = [data]
+        else:
+            self._held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes >= HOLD_LIMIT:
+            self.release()
         return True
+
+    def release(self) -> None:
+        """Write the held frames, in one write."""
+        held, self._held, self._held_bytes = self._held, None, 0
+        if held is not None and not self.disconnected:
+            self.transport.write(b"".join(held))
 
     def start_keepalive(self) -> None:
         # Called once the 101 response went out: the handshake is done with.
@@ -106,4 +134,4 @@ def websocket_options() -> dict[str, Any]:
     return {"ws": LeanWebSocketProtocol, "ws_per_message_deflate": False}
 
 
-__all__ = ["SEND_NOW", "Inbox", "LeanWebSocketProtocol", "websocket_options"]
+__all__ = ["RELEASE", "SEND_NOW", "Inbox", "LeanWebSocketProtocol", "websocket_options"]

@@ -208,9 +208,10 @@ class DeliveryStream(AsyncIterator[T]):
         finally:
             await self._cleanup.aclose()
 
-    def write_directly(self, write: Callable[[T], bool]) -> None:
+    def write_directly(self, write: Callable[[T], bool], flush: Callable[[], None] | None = None) -> None:
         """Items go straight to `write` from the shared reader while the consumer waits
-        (`Deliveries.write_directly`); `write` returns False for one it cannot write now."""
+        (`Deliveries.write_directly`); `write` returns False for one it cannot write now;
+        `flush()` ends each of the reader's passes that wrote."""
         convert, latency = self._convert, self._latency
 
         def deliver(entry: Entry) -> bool:
@@ -220,7 +221,7 @@ class DeliveryStream(AsyncIterator[T]):
                 latency.observe(entry)
             return True
 
-        self._source.write_directly(deliver, self.sift)
+        self._source.write_directly(deliver, self.sift, flush)
 
     def on_close(self, callback: Callable[..., object], *args: Any) -> None:
         """Run `callback(*args)` when the stream is closed."""

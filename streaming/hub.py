@@ -504,12 +504,15 @@ class Deliveries:
             counters.skipped += 1
             self._hub.ack(subscriber, record)
 
-    def write_directly(self, write: Callable[[Entry], bool], sift: Sift | None = None) -> None:
+    def write_directly(
+        self, write: Callable[[Entry], bool], sift: Sift | None = None, flush: Callable[[], None] | None = None
+    ) -> None:
         """Let the shared reader write accepted entries itself, in one pass over every
         subscriber of the event, while this subscription's task waits with nothing queued:
         `write(entry)` writes it now and returns True, or returns False when the connection
         cannot take it now (that entry and what follows go to the task, which writes under
-        the deadline). An entry is acknowledged once `write` took it, a skipped one at once."""
+        the deadline). An entry is acknowledged once `write` took it, a skipped one at once.
+        `flush()`, if given, ends each pass that wrote (`write` may hold its frames until then)."""
         hub, subscriber, accept, counters = self._hub, self._subscriber, self._accept, self._counters
 
         def take(entry: Record) -> bool:  # an entry known to be accepted
@@ -532,6 +535,7 @@ class Deliveries:
                 hub.ack(subscriber, record, handed_out=False)
 
         subscriber.direct = direct
+        subscriber.flush = flush
         if sift is not None:  # decisions shared by a cohort: rejected entries are skipped in bulk
             subscriber.sifted = Sifted(sift, take, skipped)
 

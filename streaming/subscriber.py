@@ -94,6 +94,9 @@ class Subscriber:
         # With `direct`, optionally: the reader hands over only the records the batch's
         # shared decisions keep, so a rejected record costs nothing per subscriber.
         self.sifted: Sifted | None = None
+        # With `direct`, optionally: called after each pass that handed it records, so that
+        # their writes to one connection can go out together.
+        self.flush: Callable[[], None] | None = None
 
     @property
     def pending(self) -> int:
@@ -127,10 +130,14 @@ class Subscriber:
             if not fresh:
                 return
         if self.direct is not None and self._queue is None and self._waiter is not None and not self._waiter.done():
-            if fresh is records and self.sifted is not None:
-                fresh = self._hand_over_sifted(self.sifted, fresh)
-            else:
-                fresh = self._hand_over(self.direct, fresh)
+            try:
+                if fresh is records and self.sifted is not None:
+                    fresh = self._hand_over_sifted(self.sifted, fresh)
+                else:
+                    fresh = self._hand_over(self.direct, fresh)
+            finally:
+                if self.flush is not None:
+                    self.flush()
             if not fresh:
                 return
         if (len(self._queue) if self._queue else 0) + len(fresh) > self._buffer_limit:
