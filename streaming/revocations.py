@@ -27,6 +27,7 @@ from .replies import text
 
 MAX_ENTRIES = 10_000
 READ_COUNT = 1_000
+START_SLACK = 5.0  # seconds of revocations before a follower's start it reads too (clock skew)
 # Keep the later of two moments (two revocations of one scope from hosts whose clocks differ).
 _KEEP_LATER = """
 local old = redis.call('GET', KEYS[1])
@@ -110,19 +111,16 @@ class Revocations:
 
 
 class RevocationFollower:
-    """Reads the revocations written since it started, in order."""
+    """Reads the revocations written since it started (give or take START_SLACK), in order;
+    whatever Redis was doing at the start (an outage delays the first read, loses nothing)."""
 
     def __init__(self, revocations: Revocations) -> None:
         self.revocations = revocations
-        self._last: str | None = None  # the last entry read; None until the end was found
+        self._last = f"{round((time.time() - START_SLACK) * 1000)}-0"  # the last entry read
 
     async def read(self) -> list[Revocation]:
-        """The revocations written since the previous read (none on the first: it finds the end)."""
+        """The revocations written since the previous read."""
         redis = self.revocations.redis
-        if self._last is None:
-            newest = await redis.xrevrange(keys.REVOCATIONS_KEY, count=1)
-            self._last = text(newest[0][0]) if newest else "0-0"
-            return []
         reply: Any = await redis.xread({keys.REVOCATIONS_KEY: self._last}, count=READ_COUNT)
         found: list[Revocation] = []
         for _stream, entries in reply or []:
