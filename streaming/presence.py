@@ -113,9 +113,11 @@ class PresenceBoard:
                 dirty, self._dirty = self._dirty, set()
                 try:
                     await self._write(dirty)
-                except REDIS_ERRORS as error:
+                except BaseException as error:
+                    self._dirty |= dirty  # written again later (or by `close`, when cancelled)
+                    if not isinstance(error, REDIS_ERRORS):
+                        raise
                     logger.debug("presence not written (%s): retrying", error)
-                    self._dirty |= dirty
                     await asyncio.sleep(RETRY_DELAY)
         finally:
             self._flusher = None
