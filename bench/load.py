@@ -225,10 +225,10 @@ class ProtocolViolation(Exception):
 CONNECT_ERRORS = (TimeoutError, OSError, InvalidHandshake, ConnectionClosed, ProtocolViolation)
 
 
-async def init_and_subscribe(ws: ClientConnection, token: str, subscribe_text: str) -> None:
-    """`connection_init`, wait for the ack, then `subscribe`."""
+async def init_and_subscribe(ws: ClientConnection, token: str, subscribe_text: str, timeout: float = 60) -> None:
+    """`connection_init`, wait for the ack (at most `timeout` s), then `subscribe`."""
     await ws.send(orjson.dumps(init_message(token)).decode())
-    reply = orjson.loads(await asyncio.wait_for(ws.recv(), 60))
+    reply = orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
     if reply.get("type") != MessageType.CONNECTION_ACK.value:
         raise ProtocolViolation(f'Expected "connection_ack", but got {reply!r:.200}')
     await ws.send(subscribe_text)
@@ -522,11 +522,7 @@ async def churn_cycle(
     ws = await connect(url, **ws_options(stalled=False))
     got_event = False
     try:
-        await ws.send(orjson.dumps(init_message(token)).decode())
-        reply = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
-        if reply.get("type") != MessageType.CONNECTION_ACK.value:
-            raise ProtocolViolation(f'Expected "connection_ack", but got {reply!r:.200}')
-        await ws.send(SUBSCRIBE_TEXT)
+        await init_and_subscribe(ws, token, SUBSCRIBE_TEXT, timeout=30)
         if wait_event:
             got_event = await _first_next(ws, event_timeout)
         if way_out == 0:

@@ -49,7 +49,7 @@ from .compat_base import (
     runtime_of,
     stats_json,
 )
-from .connection import Connection, RefreshRefused
+from .connection import Connection
 from .limits import ConnectionRefused
 from .runtime import Runtime
 from .wsprotocol import SEND_NOW
@@ -323,11 +323,7 @@ class SocketSession(ServerEnding):
         token = request.get("token")
         if not isinstance(token, str) or not token:
             raise GatewayError(ErrorCode.BAD_USER_INPUT, "refresh_token needs a 'token' string")
-        try:
-            principal = await self.connection.refresh(token)
-        except RefreshRefused as refused:
-            raise GatewayError(ErrorCode.FORBIDDEN, str(refused)) from None
-        self.principal = principal
+        principal = self.principal = await self.connection.refresh(token)  # or RefreshRefused: FORBIDDEN
         assert principal.expires_at is not None  # `exp` is a required claim
         expires_at = datetime.fromtimestamp(principal.expires_at, UTC).isoformat()
         return {"type": ServerMessage.TOKEN_REFRESHED, "expires_at": expires_at, "timestamp": now()}

@@ -33,6 +33,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..resolvers.context import Principal
+from ..schema.errors import ErrorCode, GatewayError
 from ..streaming.errors import SlowConsumer
 from ..streaming.revocations import Revocation
 from . import closes
@@ -50,8 +51,11 @@ _WRITER: ContextVar[Writer | None] = ContextVar("ragline_writer", default=None)
 _ENDING: set[asyncio.Task[None]] = set()  # expiries and revocations: the loop keeps only weak references
 
 
-class RefreshRefused(Exception):
-    """A token refresh was refused; the message is safe to show the client (no token)."""
+class RefreshRefused(GatewayError):
+    """A token refresh was refused: `FORBIDDEN`, with a message safe to show (no token)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.FORBIDDEN, message)
 
 
 class Adapter(Protocol):

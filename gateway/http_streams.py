@@ -108,6 +108,10 @@ class _Wake(enum.Enum):
     DRAIN = "drain"
 
 
+# The token no longer holds: the stream's last result says why (`UNAUTHENTICATED`).
+_SIGNED_OUT = {_Wake.EXPIRY: closes.TOKEN_EXPIRED, _Wake.REVOKED: closes.REVOKED}
+
+
 class LineFeedSSETransport(SSETransport):
     """Strawberry's SSE framing with LF line ends."""
 
@@ -327,10 +331,12 @@ class HTTPOperation:
             while wake is _Wake.HEARTBEAT:
                 yield self._transport.heartbeat_message(self._encode)
                 wake = await self._wait(self._step)
-            if wake is _Wake.EXPIRY or wake is _Wake.REVOKED:
+            signed_out = _SIGNED_OUT.get(wake)
+            if signed_out is not None:
                 await self._close_results()
-                reason = (closes.TOKEN_EXPIRED if wake is _Wake.EXPIRY else closes.REVOKED).reason
-                yield self._transport.encode_next(error_result(ErrorCode.UNAUTHENTICATED, reason), self._encode)
+                yield self._transport.encode_next(
+                    error_result(ErrorCode.UNAUTHENTICATED, signed_out.reason), self._encode
+                )
                 return
             if wake is _Wake.DRAIN:
                 return

@@ -30,10 +30,9 @@ from strawberry.schema import BaseSchema
 
 from ..resolvers.context import GatewayContext, Principal
 from ..resolvers.shared import Planner
-from ..schema.errors import ErrorCode, GatewayError
 from . import sockets
 from .auth import AuthError, token_from_params, token_from_request
-from .connection import Connection, RefreshRefused
+from .connection import Connection
 from .http_streams import SUBSCRIPTION_PROTOCOLS, HTTPSubscriptions
 from .ide import graphiql_html
 from .limits import PlannerOptions
@@ -133,12 +132,8 @@ def _refresher(context: GatewayContext, connection: Connection) -> Callable[[str
     """`refreshToken` on this socket: the connection's principal and the context's move together."""
 
     async def refresh(token: str) -> Principal:
-        try:
-            principal = await connection.refresh(token)
-        except RefreshRefused as refused:
-            raise GatewayError(ErrorCode.FORBIDDEN, str(refused)) from None
-        context.principal = principal
-        return principal
+        context.principal = await connection.refresh(token)  # or RefreshRefused: FORBIDDEN
+        return context.principal
 
     return refresh
 

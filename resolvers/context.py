@@ -42,7 +42,7 @@ class GatewayContext(BaseContext):
     connection_params: dict[str, Any] | None = None
     live: LiveControl | None = None  # presence, revocations, stats updates
     # On a WebSocket on /graphql: verify a new token for this connection and move its
-    # expiry (refreshToken); AuthError or GatewayError when refused.
+    # expiry (refreshToken); a FORBIDDEN GatewayError when refused.
     refresh: Callable[[str], Awaitable[Principal]] | None = None
 
     def __post_init__(self) -> None:

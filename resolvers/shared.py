@@ -80,39 +80,32 @@ class Cohort:
     metrics: DeliveryMetrics | None = None
     members: int = 0
     renders: int = 0
-    evaluations: int = 0
     _cache: OrderedDict[str, str] = field(default_factory=OrderedDict)
     _decisions: OrderedDict[str, bool] = field(default_factory=OrderedDict)
-    select: Accept = field(default=lambda entry: True)  # the plan's types / orderId filter
+    accept: Accept = field(default=lambda entry: True)  # what its members deliver (set by `open_shared`)
     _sifted_batch: Sequence[Record] | None = None
     _sifted: Sequence[int] = ()
 
     def sift(self, records: Sequence[Record]) -> Sequence[int]:
         """The positions in a batch of the entries the cohort's members accept: decided once
         per batch (the reader offers every member the same batch object)."""
-        if records is self._sifted_batch:
-            return self._sifted
-        select = self.select
-        if self.plan.matches is None:
-            kept = [i for i, r in enumerate(records) if isinstance(r, Entry) and select(r)]
-        else:
-            kept = [i for i, r in enumerate(records) if isinstance(r, Entry) and select(r) and self.matches(r)]
-        self._sifted_batch, self._sifted = records, kept
-        return kept
+        if records is not self._sifted_batch:
+            accept = self.accept
+            self._sifted = [i for i, r in enumerate(records) if isinstance(r, Entry) and accept(r)]
+            self._sifted_batch = records
+        return self._sifted
 
     def matches(self, entry: Entry) -> bool:
-        """Whether `entry`'s payload passes the plan's `where`: evaluated once per entry."""
+        """Whether `entry`'s payload passes the plan's `where` (the plan has one): evaluated
+        once per entry, whichever member asks first."""
         decided = self._decisions.get(entry.id)
-        if decided is not None:
-            return decided
-        matches = self.plan.matches
-        decided = True if matches is None else matches(entry.payload)
-        self.evaluations += 1
-        if self.metrics is not None:
-            self.metrics.filter_evaluations += 1
-        self._decisions[entry.id] = decided
-        if len(self._decisions) > RENDER_CACHE_SIZE:
-            self._decisions.popitem(last=False)
+        if decided is None:
+            assert self.plan.matches is not None
+            decided = self._decisions[entry.id] = self.plan.matches(entry.payload)
+            if self.metrics is not None:
+                self.metrics.filter_evaluations += 1
+            if len(self._decisions) > RENDER_CACHE_SIZE:
+                self._decisions.popitem(last=False)
         return decided
 
     def render(self, entry: Entry) -> str:
@@ -259,10 +252,11 @@ async def open_shared(context: GatewayContext, planner: Planner, plan: SharedPla
     tenant_id = context.principal.tenant_id
     select = _accept(plan)  # the argument errors first, before the group is made
     cohort = planner.join(tenant_id, plan, context.delivery)
-    cohort.select = select
+    if plan.matches is not None:
+        select = _and(select, cohort.matches)
+    cohort.accept = select
     try:
-        accept = select if plan.matches is None else _and(select, cohort.matches)
-        entries = await open_entries(context, kind, accept, after, durable)
+        entries = await open_entries(context, kind, select, after, durable)
     except BaseException:
         planner.leave(tenant_id, cohort)
         raise

@@ -156,7 +156,7 @@ class Hub:
             yield subscriber
         finally:
             self.counters.tenant(tenant_id).subscriptions -= 1
-            subscriber.direct = subscriber.sifted = None  # they refer back to it
+            subscriber.direct = subscriber.sifted = subscriber.flush = None  # they refer back to it, or to its socket
             self._leave_feed(subscriber)
             # Shielded: a cancel that lands while the subscription is already ending (its
             # socket closed mid-write, then the handler cancels it) must not leave the group.
