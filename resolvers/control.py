@@ -50,6 +50,7 @@ class LiveControl:
         for ticker in list(self._tickers.values()):
             await ticker.stop()
         self._tickers.clear()
+        self.revocations.close()
         await self.presence.close()
 
 

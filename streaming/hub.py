@@ -101,6 +101,7 @@ class Hub:
     async def close(self) -> None:
         self.accepting = False
         self._catch_up.close()
+        self.store.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

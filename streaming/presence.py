@@ -4,8 +4,9 @@ Counting is per process. A connection that opens or closes changes this process'
 its user (`PresenceBoard.opened`, `.closed`); a flush a moment later (FLUSH_DELAY, so a burst
 of connections costs one round trip) writes each changed count as one field of the
 tenant's presence hash, `<process id>|<user id>` -> `<connections>:<since, unix ms>`, or
-deletes the field at zero (`keys.presence_key`). That is O(1) Redis work per connection,
-and none for a user who closes and reopens within one flush.
+deletes the field at zero (`keys.presence_key`): one HSET and one HDEL per tenant per
+flush, however many users changed, and nothing for a user who closes and reopens within one
+flush.
 
 A process that dies leaves its fields behind: nobody counts them once its liveness key
 expired (the orphan timeout, `streaming.janitor`), and the janitor deletes them.
@@ -123,15 +124,22 @@ class PresenceBoard:
             self._flusher = None
 
     async def _write(self, scopes: set[tuple[str, str]]) -> None:
-        """Each scope's count as it is now (not the changes: a retry writes the same)."""
+        """Each scope's count as it is now (not the changes: a retry writes the same); one
+        HSET and one HDEL per tenant, however many of its users changed."""
+        written: dict[str, list[str]] = {}
+        deleted: dict[str, list[str]] = {}
+        for tenant_id, user_id in scopes:
+            field = f"{self.process_id}|{user_id}"
+            counted = self._counts.get(tenant_id, {}).get(user_id)
+            if counted is None:
+                deleted.setdefault(tenant_id, []).append(field)
+            else:
+                written.setdefault(tenant_id, []).extend((field, f"{counted[0]}:{counted[1]}"))
         async with self.redis.pipeline(transaction=False) as pipe:
-            for tenant_id, user_id in scopes:
-                field = f"{self.process_id}|{user_id}"
-                counted = self._counts.get(tenant_id, {}).get(user_id)
-                if counted is None:
-                    pipe.hdel(keys.presence_key(tenant_id), field)
-                else:
-                    pipe.hset(keys.presence_key(tenant_id), field, f"{counted[0]}:{counted[1]}")
+            for tenant_id, fields in written.items():
+                pipe.hset(keys.presence_key(tenant_id), items=fields)
+            for tenant_id, names in deleted.items():
+                pipe.hdel(keys.presence_key(tenant_id), *names)
             await pipe.execute()
 
     async def close(self) -> None:

@@ -4,7 +4,8 @@ A revocation covers the tokens of one user of a tenant, or of the whole tenant, 
 before a moment (an earlier `iat`, or none). It is written twice:
 
 - as a key per scope (`keys.revoked_key`) holding the moment, which every authentication
-  reads (one MGET: the tenant's key and the user's share the tenant's cluster slot). The key
+  reads (one MGET, shared by the authentications of a tenant that arrive together: the
+  tenant's key and its users' share the tenant's cluster slot). The key
   expires by itself `lifetime` seconds after the moment: the gateway refuses tokens that live
   longer than that (RAGLINE_MAX_TOKEN_LIFETIME, `gateway.auth`), so by then no token the
   revocation covers can still be valid;
@@ -22,6 +23,7 @@ from typing import Any
 from redis.commands.core import AsyncScript
 
 from . import keys
+from .batches import Batches
 from .connections import REDIS_ERRORS, AnyRedis
 from .replies import text
 
@@ -63,6 +65,7 @@ class Revocations:
         # The moments last read or written, by (tenant, user or None): what an
         # authentication goes by while Redis does not answer.
         self._known: dict[tuple[str, str | None], float] = {}
+        self._reads: Batches[str, tuple[float | None, float | None]] = Batches(self._read)
 
     async def revoke(self, tenant_id: str, user_id: str | None, now: float | None = None) -> Revocation:
         """Revoke the scope's tokens issued before now (ValueError for an invalid id)."""
@@ -81,15 +84,14 @@ class Revocations:
 
     async def covering(self, tenant_id: str, user_id: str, issued_at: float | None) -> Revocation | None:
         """The revocation that covers a token of this identity, if any. Redis is asked each
-        time; while it does not answer, the revocations this process last knew count."""
+        time (the authentications of a tenant that arrive together share one MGET); while
+        it does not answer, the revocations this process last knew count."""
         scopes: list[str | None] = [None, user_id]
-        moments: list[float | None]
+        moments: tuple[float | None, float | None]
         try:
-            stored = await self.redis.mget([keys.revoked_key(tenant_id, scope) for scope in scopes])
+            moments = await self._reads.ask(tenant_id, user_id)
         except REDIS_ERRORS:
-            moments = [self._known.get((tenant_id, scope)) for scope in scopes]
-        else:
-            moments = [None if value is None else int(text(value)) / 1000 for value in stored]
+            moments = (self._known.get((tenant_id, None)), self._known.get((tenant_id, user_id)))
         for scope, moment in zip(scopes, moments, strict=True):
             if moment is not None:
                 revocation = Revocation(tenant_id, scope, moment)
@@ -97,6 +99,18 @@ class Revocations:
                 if revocation.covers(tenant_id, user_id, issued_at):
                     return revocation
         return None
+
+    async def _read(self, tenant_id: str, users: list[str]) -> list[tuple[float | None, float | None]]:
+        """The tenant's moment and each user's, in one MGET (the keys share the tenant's slot)."""
+        distinct = list(dict.fromkeys(users))
+        names = [keys.revoked_key(tenant_id, None)] + [keys.revoked_key(tenant_id, user) for user in distinct]
+        stored = [None if value is None else int(text(value)) / 1000 for value in await self.redis.mget(names)]
+        by_user = dict(zip(distinct, stored[1:], strict=True))
+        return [(stored[0], by_user[user]) for user in users]
+
+    def close(self) -> None:
+        """Cancel the reads on their way (at shutdown)."""
+        self._reads.close()
 
     def learned(self, revocation: Revocation) -> None:
         """Remember a revocation (the latest moment of its scope), forgetting expired ones."""

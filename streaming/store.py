@@ -19,6 +19,7 @@ import orjson
 from redis.exceptions import ResponseError
 
 from . import keys
+from .batches import Batches
 from .connections import AnyRedis, queue_script
 from .entries import DeadLetter, Record, parse_record
 from .replies import text
@@ -84,38 +85,58 @@ end
 return results
 """
 MOVES_PER_CALL = 500  # a call holds Redis for ~1 ms; unpack() stays far below Lua's stack limit
-# Claim a durable name and read where its cursor is, with what the stream still holds, in
-# one call (a resume costs the same however many subscriptions the stream has): returns
-# {position or false, first entry id or false, last generated id, max deleted id or false}.
-# The position is the registry's copy, which every move writes; for a group recorded before
-# positions were, XINFO GROUPS is read once (O(groups)), and only when the group exists
-# (XINFO CONSUMERS costs O(its consumers): none).
+# Claim durable names and read where their cursors are, with what the stream still holds,
+# in one call per tenant (a resume costs the same however many subscriptions the stream
+# has, and a storm of resumes shares the calls: `streaming.batches`). ARGV = now, then
+# (group, owner) per name. Returns {positions, first entry id or false, last generated id,
+# max deleted id or false}, a position (or false when there is no such cursor yet) per
+# name. The position is the registry's copy, which every move writes; for a group recorded
+# before positions were, XINFO GROUPS is read once (O(groups)), and only when such a group
+# exists (XINFO CONSUMERS costs O(its consumers): none).
 _OPEN_DURABLE_SCRIPT = """
-redis.call('HSET', KEYS[2], 'owner:' .. ARGV[1], ARGV[2], 'seen:' .. ARGV[1], ARGV[3])
-local position = redis.call('HGET', KEYS[2], 'pos:' .. ARGV[1])
-if not position and pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1]) then
+local claims, asked = {}, {}
+for i = 2, #ARGV, 2 do
+  claims[#claims + 1] = 'owner:' .. ARGV[i]
+  claims[#claims + 1] = ARGV[i + 1]
+  claims[#claims + 1] = 'seen:' .. ARGV[i]
+  claims[#claims + 1] = ARGV[1]
+  asked[#asked + 1] = 'pos:' .. ARGV[i]
+end
+redis.call('HSET', KEYS[2], unpack(claims))
+local positions = redis.call('HMGET', KEYS[2], unpack(asked))
+local unrecorded = nil
+for j = 1, #asked do
+  local group = ARGV[2 * j]
+  if not positions[j] and pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], group) then
+    unrecorded = unrecorded or {}
+    unrecorded[group] = j
+  end
+end
+if unrecorded then
   for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
     local fields = {}
     for i = 1, #info, 2 do
       fields[info[i]] = info[i + 1]
     end
-    if fields['name'] == ARGV[1] then
-      position = fields['last-delivered-id']
+    local j = unrecorded[fields['name']]
+    if j then
+      positions[j] = fields['last-delivered-id']
     end
   end
 end
 local ok, info = pcall(redis.call, 'XINFO', 'STREAM', KEYS[1])
 if not ok then
-  return {position or false, false, '0-0', false}
+  return {positions, false, '0-0', false}
 end
 local stream = {}
 for i = 1, #info, 2 do
   stream[info[i]] = info[i + 1]
 end
 local first = stream['first-entry']
-return {position or false, type(first) == 'table' and first[1] or false,
+return {positions, type(first) == 'table' and first[1] or false,
         stream['last-generated-id'], stream['max-deleted-entry-id'] or false}
 """
+OPENS_PER_CALL = 500  # names claimed by one call: ~2,000 arguments, far below Lua's stack limit
 # Give up a durable name, if we still hold it, leaving the cursor at its final position in
 # the same step: a flush of this subscription still on its way (an older position) then
 # finds the name released and moves nothing, whenever it lands.
@@ -151,6 +172,9 @@ class RedisStore:
         self._move = redis.register_script(_MOVE_SCRIPT)
         self._release_durable = redis.register_script(_RELEASE_DURABLE_SCRIPT)
         self._open_durable = redis.register_script(_OPEN_DURABLE_SCRIPT)
+        self._opens: Batches[tuple[str, str], tuple[str | None, StreamBounds]] = Batches(
+            self._open_durables, OPENS_PER_CALL
+        )
 
     async def stream_end(self, tenant_id: str) -> str:
         """Id of the newest entry, or 0-0 for an empty or missing stream."""
@@ -180,17 +204,28 @@ class RedisStore:
 
     async def open_durable(self, tenant_id: str, group: str, owner: str) -> tuple[str | None, StreamBounds]:
         """Make `owner` the subscription holding a durable name (older ones see they lost it);
-        its cursor's position (None when there is no such cursor yet) and the stream's bounds."""
+        its cursor's position (None when there is no such cursor yet) and the stream's bounds.
+        The names a tenant's subscriptions open meanwhile are claimed by the same call."""
+        return await self._opens.ask(tenant_id, (group, owner))
+
+    async def _open_durables(
+        self, tenant_id: str, names: list[tuple[str, str]]
+    ) -> list[tuple[str | None, StreamBounds]]:
         script_keys = [keys.events_key(tenant_id), keys.durable_registry_key(tenant_id)]
-        position, first, last, deleted = await self._open_durable(
-            keys=script_keys, args=[group, owner, int(time.time())]
-        )
+        args: list[Any] = [int(time.time())]
+        for group, owner in names:
+            args += [group, owner]
+        positions, first, last, deleted = await self._open_durable(keys=script_keys, args=args)
         bounds = StreamBounds(
             first=text(first) if first else None,
             last_generated=text(last),
             max_deleted=text(deleted) if deleted else None,
         )
-        return (text(position) if position else None), bounds
+        return [((text(position) if position else None), bounds) for position in positions]
+
+    def close(self) -> None:
+        """Cancel the calls on their way (at shutdown)."""
+        self._opens.close()
 
     async def create_durable(self, tenant_id: str, group: str, at: str) -> None:
         """Create a durable group at `at`, its position recorded in the registry."""

@@ -403,6 +403,23 @@ async def test_a_tenant_wide_revoke_ends_every_user_of_the_tenant_and_no_other_t
         await wait_until_groups(redis_client, revoked, 0)
 
 
+async def test_authentications_arriving_together_are_each_judged_by_their_own_users_revocation(
+    pair: tuple[GatewayServer, GatewayServer], tenant: str
+) -> None:
+    """Authentications of one tenant that arrive together share one read of the revocations;
+    each is still judged by its own user's: alice's old tokens are refused (401) between
+    bob's, carol's and dave's, which are taken, and her token issued after the revoke is taken."""
+    old = {user: make_token(tenant, user) for user in ("alice", "bob", "carol", "dave")}
+    await revoke(pair[0], admin(tenant), tenant, "alice")
+    fresh = make_token(tenant, "alice", iat=time.time())
+    order = ["bob", "alice", "carol", "alice", "dave", "fresh", "alice", "bob"]
+    for gateway in pair:
+        statuses = await asyncio.gather(*(stats_status(gateway, old.get(user, fresh)) for user in order))
+        assert dict(zip(range(len(order)), statuses, strict=True)) == {
+            n: 401 if user == "alice" else 200 for n, user in enumerate(order)
+        }
+
+
 async def test_a_revoke_without_the_admin_role_or_with_an_invalid_id_changes_nothing(
     pair: tuple[GatewayServer, GatewayServer], redis_client: redis.Redis, tenant: str
 ) -> None:
