@@ -6,8 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
-from fastapi import FastAPI
-
 from .gateway.compat import router as compat_router
 from .gateway.dashboard import router as dashboard_router
 from .gateway.health import router as health_router
@@ -16,16 +14,16 @@ from .gateway.limits import planner_options, schema_extensions
 from .gateway.metrics import registry_for
 from .gateway.runtime import Runtime
 from .gateway.settings import Settings, load_settings
-from .gateway.transport import GatewayRouter, GraphQLWebSockets
+from .gateway.transport import GatewayApp, GatewayRouter
 from .resolvers.root import build_schema
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> GatewayApp:
     """A gateway app; its lifespan connects to Redis and starts the shared reader."""
     runtime = Runtime.from_settings(settings or load_settings())
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: GatewayApp) -> AsyncIterator[None]:
         await runtime.start()
         demo = _start_demo(runtime)
         try:
@@ -37,14 +35,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await demo
             await runtime.stop()
 
-    app = FastAPI(title="RAGline gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = GatewayApp(title="RAGline gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.runtime = runtime
     app.state.metrics_registry = registry_for(runtime)
     extensions = schema_extensions(runtime.settings)  # query depth, tokens, aliases, introspection
     graphql_router = GatewayRouter(build_schema(extensions), runtime, planner_options(extensions))
     app.state.planner = graphql_router.planner
-    app.include_router(graphql_router)  # HTTP; its WebSockets skip FastAPI's routing:
-    app.add_middleware(GraphQLWebSockets, router=graphql_router)
+    app.include_router(graphql_router)  # HTTP; its WebSockets skip FastAPI's middleware and routing:
+    app.graphql_router = graphql_router
     app.include_router(health_router)
     app.include_router(dashboard_router)  # GET /dashboard and its assets
     if runtime.settings.graphiql:

@@ -40,7 +40,7 @@ from . import closes
 from .auth import AuthError
 from .closes import FINAL_WRITE_TIMEOUT, Close
 from .limits import ConnectionRefused
-from .watchdog import Writer, stalled
+from .watchdog import Writer, WriteWatch, stalled
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -186,19 +186,11 @@ class Connection:
 
     # -- the write deadline ---------------------------------------------------
 
-    @contextmanager
-    def writes(self) -> Iterator[Writer]:
+    def writes(self) -> Writes:
         """The current task writes under the deadline until the block ends: set
         `writer.since` when a write begins and back to 0.0 when it returned; a write
         pending too long is cancelled (`watchdog.stalled` tells that cancellation apart)."""
-        watch = self.runtime.writes
-        writer = watch.watch()
-        token = _WRITER.set(writer)
-        try:
-            yield writer
-        finally:
-            _WRITER.reset(token)
-            watch.forget(writer)
+        return Writes(self.runtime.writes)
 
     @asynccontextmanager
     async def deadline(self) -> AsyncIterator[None]:
@@ -245,6 +237,25 @@ class Connection:
         except gone:
             pass
         return True
+
+
+class Writes:
+    """`Connection.writes`: a class, not a generator, as an operation's task holds it for
+    the operation's whole life (a generator and its context manager weigh ~0.8 KB)."""
+
+    __slots__ = ("_token", "_watch", "_writer")
+
+    def __init__(self, watch: WriteWatch) -> None:
+        self._watch = watch
+
+    def __enter__(self) -> Writer:
+        self._writer = self._watch.watch()
+        self._token = _WRITER.set(self._writer)
+        return self._writer
+
+    def __exit__(self, *exc_info: object) -> None:
+        _WRITER.reset(self._token)
+        self._watch.forget(self._writer)
 
 
 def current_writer() -> Writer | None:

@@ -5,7 +5,7 @@ The gateway runs both protocols itself, on Strawberry's public schema API
 extensions) and the router's `on_ws_connect`; none of Strawberry's protocol
 handlers is used or overridden. A socket:
 
-- is accepted by `serve` after the origin check and the choice of subprotocol
+- is accepted by `accept` after the origin check and the choice of subprotocol
   (the first the client offers that the gateway speaks; none: close 4406);
 - is the adapter of its `gateway.connection.Connection` (identity and expiry,
   connection limits, stats, drain, write deadline);
@@ -74,24 +74,25 @@ class Host(Protocol):
     async def open_socket(self, context: GatewayContext, connection: Connection) -> None: ...
 
 
-async def serve(router: Host, scope: Scope, receive: Receive, send: Send) -> None:
-    """One WebSocket on /graphql, from the handshake to its end."""
+async def accept(router: Host, scope: Scope, receive: Receive, send: Send) -> GraphQLSocket | None:
+    """A WebSocket on /graphql, accepted and ready to `run` (its caller awaits that directly,
+    one frame less for the socket's life); None when it was refused and closed."""
     websocket = WebSocket(scope, receive, send)
     if not origin_allowed(websocket.headers, router.runtime.settings.allowed_origins):
         logger.warning("/graphql socket refused for origin %s", websocket.headers.get("origin"))
         await websocket.close(closes.CloseCode.POLICY_VIOLATION)  # before accept: the handshake gets 403
-        return
+        return None
     offered = scope.get("subprotocols") or []
     protocol = next((name for name in offered if name in SUBPROTOCOLS), None)
     await websocket.accept(subprotocol=protocol)
     if protocol is None:
         await websocket.close(closes.NO_SUBPROTOCOL.code, closes.NO_SUBPROTOCOL.reason)
-        return
+        return None
     socket_class = TransportSocket if protocol == GRAPHQL_TRANSPORT_WS_PROTOCOL else LegacySocket
-    socket = socket_class(router, websocket, send, router.socket_context(websocket))
+    socket = socket_class(router, websocket, receive, send, router.socket_context(websocket))
     extensions = scope.get("extensions", {})
     socket.send_now, socket.release = extensions.get(SEND_NOW), extensions.get(RELEASE)
-    await socket.run()
+    return socket
 
 
 def slow_consumer_error() -> GatewayError:
@@ -119,10 +120,12 @@ class GraphQLSocket:
     """What both subprotocols share: the read loop, the connection's lifecycle, the
     subscribe rate and limit, the write deadline, and giving up on a peer."""
 
-    def __init__(self, router: Host, websocket: WebSocket, send: Send, context: GatewayContext) -> None:
+    def __init__(
+        self, router: Host, websocket: WebSocket, receive: Receive, send: Send, context: GatewayContext
+    ) -> None:
         self.router = router
         self.runtime = router.runtime
-        self.websocket = websocket
+        self.scope: Scope | None = websocket.scope  # until `connection_init` has read it
         self.context = context
         self.connection = Connection(self.runtime, self)
         settings = self.runtime.settings
@@ -131,12 +134,13 @@ class GraphQLSocket:
         self.init_received = False
         self.acknowledged = False
         self.closed = False
+        self._receive = receive  # the raw ASGI receive (once accepted, Starlette's adds nothing we use)
         self._send = send  # the raw ASGI send: every frame goes through `write`
         self.send_now: Callable[[str, bool], bool] | None = None  # the server's, when it has one (wsprotocol)
         self.release: Callable[[], None] | None = None  # ... and what writes the frames it held
         self._task: asyncio.Task[Any] | None = None
         self._init_timer: asyncio.TimerHandle | None = None
-        self._jobs: set[asyncio.Task[None]] = set()  # what timers started (an init-timeout close)
+        self._jobs: set[asyncio.Task[None]] | None = None  # what timers started (an init-timeout close)
         self._abandoned = False
         self._serving = False
         self._ending: asyncio.Task[None] | None = None  # the slow-consumer ending, while it runs
@@ -151,7 +155,10 @@ class GraphQLSocket:
         self._init_timer = loop.call_later(self.runtime.settings.init_timeout, self._spawn, self._init_timed_out)
         try:
             self._serving = True
-            await self._read()
+            # Read client messages until the client goes or a malformed one is refused; the
+            # last message is not kept while the next is awaited.
+            while await self._take(await self._receive()):
+                pass
         except asyncio.CancelledError:
             # `_drop` cancelled us to stop waiting on a peer that takes nothing: that ends
             # the connection normally; any other cancellation goes on.
@@ -166,7 +173,7 @@ class GraphQLSocket:
             await self.cancel_all()
             if self._ending is not None:
                 await self._ending
-            for job in list(self._jobs):
+            for job in list(self._jobs or ()):
                 job.cancel()
             self.connection.close()
             self._task = None
@@ -175,28 +182,27 @@ class GraphQLSocket:
             self.context.request = None
             self.context.refresh = None  # it refers to the context and the connection
 
-    async def _read(self) -> None:
-        """Read client messages until the client goes or a malformed one is refused."""
-        while True:
-            message = await self.websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            if self.closed:
-                continue  # closing: the client's close frame is on its way
-            text = message.get("text")
-            if text is None:
-                await self.refuse(closes.NOT_TEXT.reason)
-                return
-            try:
-                decoded = orjson.loads(text)  # strict JSON (RFC 8259): no NaN, no lone surrogate
-            except orjson.JSONDecodeError:
-                await self.refuse(closes.NOT_JSON.reason)
-                return
-            problem = self.violation(decoded)
-            if problem is not None:
-                await self.refuse(problem)
-                return
-            await self.handle(decoded)
+    async def _take(self, message: Any) -> bool:
+        """Act on one ASGI message; False when the connection ends."""
+        if message["type"] == "websocket.disconnect":
+            return False
+        if self.closed:
+            return True  # closing: the client's close frame is on its way
+        text = message.get("text")
+        if text is None:
+            await self.refuse(closes.NOT_TEXT.reason)
+            return False
+        try:
+            decoded = orjson.loads(text)  # strict JSON (RFC 8259): no NaN, no lone surrogate
+        except orjson.JSONDecodeError:
+            await self.refuse(closes.NOT_JSON.reason)
+            return False
+        problem = self.violation(decoded)
+        if problem is not None:
+            await self.refuse(problem)
+            return False
+        await self.handle(decoded)
+        return True
 
     result_type: ClassVar[str]  # the type of the messages that carry an operation's results
 
@@ -227,9 +233,20 @@ class GraphQLSocket:
         except ConnectionRefused as refused:
             await self.over_limit(refused)
             return False
+        self._forget_handshake()
         await self.send_message({"type": "connection_ack"})
         self.acknowledged = True
         return True
+
+    def _forget_handshake(self) -> None:
+        """Once the connection is open, its handshake's headers and query string (the token
+        among them) have been read: they need not stay in memory for the socket's life."""
+        scope, self.scope = self.scope, None
+        if scope is not None:
+            if isinstance(scope.get("headers"), list):
+                scope["headers"].clear()  # uvicorn's scope, and Starlette's view of it
+            scope["query_string"] = b""
+        self.context.request = None  # Starlette's WebSocket, with what it parsed of them
 
     async def rejected(self, payload: object) -> None:
         await self.close(closes.FORBIDDEN)
@@ -246,6 +263,8 @@ class GraphQLSocket:
 
     def _spawn(self, job: Callable[[], Awaitable[None]]) -> None:
         task = asyncio.get_running_loop().create_task(_call(job))
+        if self._jobs is None:
+            self._jobs = set()
         self._jobs.add(task)
         task.add_done_callback(self._jobs.discard)
 
@@ -469,7 +488,15 @@ class GraphQLSocket:
         send = self._send
         clock = asyncio.get_running_loop().time
         try:
-            async for payload in payloads:
+            while True:
+                idle = payloads.idle()
+                if idle is not None:
+                    await idle  # waits here, not four calls deeper in `__anext__`
+                    continue
+                try:
+                    payload = await payloads.__anext__()
+                except StopAsyncIteration:
+                    return
                 if operation.completed:  # the client completed it while we waited for this event
                     return
                 if self.closed:
@@ -751,4 +778,4 @@ async def _call(job: Callable[[], Awaitable[None]]) -> None:
     await job()
 
 
-__all__ = ["SOCKET_GONE", "LegacySocket", "TransportSocket", "serve"]
+__all__ = ["SOCKET_GONE", "LegacySocket", "TransportSocket", "accept"]

@@ -1,11 +1,14 @@
 """uvicorn's sans-I/O WebSocket protocol, keeping less per connection.
 
-An idle subscription's memory is mostly its connection's, and uvicorn keeps two
+An idle subscription's memory is mostly its connection's, and uvicorn keeps
 things it no longer needs: an `asyncio.Queue` for incoming ASGI events (four
-deques, ~3 KB, for what is a single-consumer inbox) and the handshake's
-request and response with their headers (~2 KB) for the socket's whole life.
-`LeanWebSocketProtocol` replaces the first with `Inbox` and drops the second
-once the 101 is sent; everything else is uvicorn's. It also offers the gateway's
+deques, ~3 KB, for what is a single-consumer inbox), an `asyncio.Event` for
+"the transport takes writes" (a deque, ~0.8 KB, for what is waited on only
+while a client does not read), and the handshake's request and response with
+their headers (~3 KB; websockets' parser keeps the request for the socket's
+whole life, too). `LeanWebSocketProtocol` replaces the first two with `Inbox`
+and `Gate`, and drops the handshake, emptying the request's headers, once the
+101 is sent; everything else is uvicorn's. It also offers the gateway's
 fan-out writer a way to write a frame without awaiting (`SEND_NOW`). `ragline serve`, the tests
 and the benchmark's reference servers all run it, so they share one transport.
 """
@@ -68,12 +71,51 @@ class Inbox:
         return len(self._items) if self._items else 0
 
 
+class Gate:
+    """What uvicorn uses of `asyncio.Event` (set, clear, is_set, wait), with its waiters
+    made only while somebody waits."""
+
+    __slots__ = ("_open", "_waiters")
+
+    def __init__(self) -> None:
+        self._open = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._open
+
+    def set(self) -> None:
+        self._open = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._open = False
+
+    async def wait(self) -> bool:
+        if self._open:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return True
+
+
 class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's protocol with a lighter inbox and no handshake kept after the 101."""
+    """uvicorn's protocol with a lighter inbox and gate, and no handshake kept after the 101."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue = Inbox()  # type: ignore[assignment]
+        self.writable = Gate()  # type: ignore[assignment]
         self._held: list[bytes] | None = None
         self._held_bytes = 0
 
@@ -123,7 +165,11 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.write(b"".join(held))
 
     def start_keepalive(self) -> None:
-        # Called once the 101 response went out: the handshake is done with.
+        # Called once the 101 response went out: the handshake is done with (the scope has
+        # the headers the app reads). websockets' parser keeps the request until the socket
+        # ends: its headers are emptied.
+        if self.request is not None:
+            self.request.headers.clear()
         self.request = None  # type: ignore[assignment]
         self.response = None  # type: ignore[assignment]
         super().start_keepalive()
@@ -134,4 +180,4 @@ def websocket_options() -> dict[str, Any]:
     return {"ws": LeanWebSocketProtocol, "ws_per_message_deflate": False}
 
 
-__all__ = ["RELEASE", "SEND_NOW", "Inbox", "LeanWebSocketProtocol", "websocket_options"]
+__all__ = ["RELEASE", "SEND_NOW", "Gate", "Inbox", "LeanWebSocketProtocol", "websocket_options"]

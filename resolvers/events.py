@@ -8,7 +8,7 @@ skips are acknowledged at once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
@@ -201,6 +201,17 @@ class DeliveryStream(AsyncIterator[T]):
             raise as_graphql_error(error) from None
         self._written = entry
         return entry if self._convert is None else self._convert(entry)  # type: ignore[return-value]
+
+    def idle(self) -> Awaitable[None] | None:
+        """None when `__anext__` would return at once; else what it would wait on, for a
+        consumer that waits on it itself (`Deliveries.idle`): the item handed out last
+        counts as written."""
+        waiter = self._source.idle()
+        if waiter is not None and self._written is not None:
+            if self._latency is not None:
+                self._latency.observe(self._written)
+            self._written = None
+        return waiter
 
     async def aclose(self) -> None:
         try:

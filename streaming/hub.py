@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -493,10 +493,7 @@ class Deliveries:
 
     async def __anext__(self) -> Entry:
         subscriber, counters = self._subscriber, self._counters
-        written, self._last = self._last, None
-        if written is not None:
-            counters.delivered += 1
-            self._hub.ack(subscriber, written)
+        self._settle()
         while True:
             record = await subscriber.next_record()
             if isinstance(record, Entry) and self._accept(record):
@@ -504,6 +501,21 @@ class Deliveries:
                 return record
             counters.skipped += 1
             self._hub.ack(subscriber, record)
+
+    def _settle(self) -> None:
+        """The entry handed out last was written: acknowledge it."""
+        written, self._last = self._last, None
+        if written is not None:
+            self._counters.delivered += 1
+            self._hub.ack(self._subscriber, written)
+
+    def idle(self) -> Awaitable[None] | None:
+        """`Subscriber.idle`: None when `__anext__` would return at once, else what it would
+        wait on (the entry handed out last counts as written, as by `__anext__`)."""
+        waiter = self._subscriber.idle()
+        if waiter is not None:
+            self._settle()
+        return waiter
 
     def write_directly(
         self, write: Callable[[Entry], bool], sift: Sift | None = None, flush: Callable[[], None] | None = None
