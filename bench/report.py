@@ -135,9 +135,11 @@ def checks(results: ScenarioResults, subject: str) -> list[Check]:
             _at_most(
                 f"RSS KB per idle subscription ({idle['subs']} subs, {idle['redis']})",
                 idle["rss_per_sub_kb"],
-                30.0,
+                20.0,
             )
         )
+    for storm in (s for s in results.storm if s["server"] == subject):
+        out.extend(_storm_checks(storm))
     for stalled in (s for s in results.stalled if s["server"] == subject):
         out.append(_stalled_check(stalled))
     for run in (f for f in results.filters if f["server"] == subject):
@@ -157,6 +159,20 @@ def checks(results: ScenarioResults, subject: str) -> list[Check]:
         )
         out.append(_at_most(f"RSS growth after churn (%), {churn['redis']}", growth, 5.0))
     return out
+
+
+def _storm_checks(storm: dict[str, Any]) -> list[Check]:
+    """A reconnect storm: everyone live and caught up within 15 s, at most 2 ms of server CPU
+    and 3 Redis commands per resume, nothing lost, nothing already seen sent again."""
+    where = f"{storm['subs']} clients, {storm['redis']}"
+    resume, first = storm["resume"], storm["first_subscribe"]
+    return [
+        _at_most(f"storm: first subscribe, s until all live, {where}", first.get("live_s"), 15.0),
+        _at_most(f"storm: s until all caught up, {where}", resume.get("all_caught_up_s"), 15.0),
+        _at_most(f"storm: server CPU ms per resume, {where}", resume.get("cpu_ms_per_resume"), 2.0),
+        _at_most(f"storm: Redis commands per resume, {where}", resume.get("cmds_per_resume"), 3.0),
+        _at_most(f"storm: lost + already-seen events, {where}", float(storm["lost"] + storm["already_seen"]), 0.0),
+    ]
 
 
 def _filters_checks(run: dict[str, Any]) -> list[Check]:

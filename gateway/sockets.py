@@ -37,7 +37,7 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 from strawberry.types.execution import ExecutionResult, PreExecutionError
 
-from ..resolvers.context import GatewayContext
+from ..resolvers.context import GatewayContext, Principal
 from ..resolvers.events import DeliveryStream
 from ..resolvers.shared import Planner, SharedPlan, open_shared
 from ..schema.errors import MASKED_MESSAGE, ErrorCode, GatewayError
@@ -116,6 +116,26 @@ class Operation:
             self.task = None
 
 
+class FramesNow:
+    """What the fan-out writer calls to write an operation's result frame (`write_directly`):
+    held, so that a pass makes one write per socket (`release`); False when the socket cannot
+    take it now. An object, not a closure: it is kept for every subscription."""
+
+    __slots__ = ("_head", "_operation", "_send_now", "_socket")
+
+    def __init__(self, socket: GraphQLSocket, operation: Operation, head: str, send_now: Callable[[str, bool], bool]) -> None:
+        self._socket = socket
+        self._operation = operation
+        self._head = head
+        self._send_now = send_now
+
+    def write(self, payload: str) -> bool:
+        socket = self._socket
+        if self._operation.completed or socket.closed or socket.ending is not None:
+            return False
+        return self._send_now(f"{self._head}{payload}}}", True)
+
+
 class GraphQLSocket:
     """What both subprotocols share: the read loop, the connection's lifecycle, the
     subscribe rate and limit, the write deadline, and giving up on a peer."""
@@ -143,8 +163,8 @@ class GraphQLSocket:
         self._jobs: set[asyncio.Task[None]] | None = None  # what timers started (an init-timeout close)
         self._abandoned = False
         self._serving = False
-        self._ending: asyncio.Task[None] | None = None  # the slow-consumer ending, while it runs
-        self._unfinished: list[str] = []  # operations whose own last message missed the deadline
+        self.ending: asyncio.Task[None] | None = None  # the slow-consumer ending, while it runs
+        self._unfinished: list[str] | None = None  # operations whose own last message missed the deadline
 
     # -- the connection -------------------------------------------------------
 
@@ -171,8 +191,8 @@ class GraphQLSocket:
                 self._init_timer = None  # a timer that fired keeps its callback, bound to this socket
             await self.stop_keepalive()
             await self.cancel_all()
-            if self._ending is not None:
-                await self._ending
+            if self.ending is not None:
+                await self.ending
             for job in list(self._jobs or ()):
                 job.cancel()
             self.connection.close()
@@ -234,9 +254,15 @@ class GraphQLSocket:
             await self.over_limit(refused)
             return False
         self._forget_handshake()
+        self.context.refresh = self.refresh_token
         await self.send_message({"type": "connection_ack"})
         self.acknowledged = True
         return True
+
+    async def refresh_token(self, token: str) -> Principal:
+        """`refreshToken` on this socket: the connection's principal and the context's move together."""
+        self.context.principal = await self.connection.refresh(token)  # or RefreshRefused: FORBIDDEN
+        return self.context.principal
 
     def _forget_handshake(self) -> None:
         """Once the connection is open, its handshake's headers and query string (the token
@@ -291,7 +317,7 @@ class GraphQLSocket:
     def refusal(self, active: int) -> GatewayError | None:
         """Why a new operation may not start: the connection being ended, the rate, then the limit."""
         metrics, settings = self.runtime.metrics, self.runtime.settings
-        if self._ending is not None:
+        if self.ending is not None:
             return slow_consumer_error()
         if not self.bucket.take():
             metrics.refused(Limit.SUBSCRIBE_RATE)
@@ -301,18 +327,19 @@ class GraphQLSocket:
             return too_many_subscriptions(settings)
         return None
 
-    def start(self, operation_id: str, job: Callable[[Operation], Awaitable[None]]) -> None:
+    def start(self, operation_id: str, job: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run `job(operation, *args)` as the operation's task."""
         operation = Operation(operation_id)
         self.operations[operation_id] = operation
-        task = operation.task = asyncio.get_running_loop().create_task(self._operation(operation, job))
+        task = operation.task = asyncio.get_running_loop().create_task(self._operation(operation, job, args))
         task.add_done_callback(operation.ended)
 
-    async def _operation(self, operation: Operation, job: Callable[[Operation], Awaitable[None]]) -> None:
+    async def _operation(self, operation: Operation, job: Callable[..., Awaitable[None]], args: tuple[Any, ...]) -> None:
         """An operation's task: its logs name it, its writes take the deadline."""
         OPERATION_ID.set(operation.id)
         with self.connection.writes():
             try:
-                await job(operation)
+                await job(operation, *args)
             except SOCKET_GONE:
                 pass
             except Exception as error:  # noqa: BLE001 (a bug: log it, end the operation cleanly)
@@ -440,7 +467,7 @@ class GraphQLSocket:
         if writer is None:
             await self.write(orjson.dumps(message).decode())
             return
-        if self._ending is not None:
+        if self.ending is not None:
             # The ending speaks for every operation: a result waits to be cancelled with its
             # operation (so it is neither written nor acknowledged); anything else is dropped.
             if message["type"] in RESULTS:
@@ -453,7 +480,7 @@ class GraphQLSocket:
             if not stalled(writer):
                 raise
             if message["type"] not in RESULTS:  # its own last message: the operation is already forgotten
-                self._unfinished.append(message["id"])
+                self._unfinished = [*(self._unfinished or ()), message["id"]]
             await self.slow_consumer()
         finally:
             writer.since = 0.0
@@ -476,15 +503,8 @@ class GraphQLSocket:
         once per event per subscriber, unless the shared reader writes the frames itself
         (`write_directly`): it does while this loop waits with nothing queued and the socket
         takes a frame without waiting, so a subscriber that keeps up costs no task wake-up."""
-        send_now = self.send_now
-        if send_now is not None:
-
-            def write_now(payload: str) -> bool:
-                if operation.completed or self.closed or self._ending is not None:
-                    return False
-                return send_now(f"{head}{payload}}}", True)  # held: one write per pass (`release`)
-
-            payloads.write_directly(write_now, self.release)
+        if self.send_now is not None:
+            payloads.write_directly(FramesNow(self, operation, head, self.send_now).write, self.release)
         send = self._send
         clock = asyncio.get_running_loop().time
         try:
@@ -516,15 +536,15 @@ class GraphQLSocket:
         """A write of this operation missed the deadline: end all the connection's operations
         as a slow consumer (once, counted once), and wait to be cancelled with them. The write
         that missed wrote nothing, so its entry stays unacknowledged."""
-        if self._ending is None:
+        if self.ending is None:
             self.connection.ended_slow()
-            self._ending = asyncio.create_task(self._end_slow_consumer())
+            self.ending = asyncio.create_task(self._end_slow_consumer())
         await self._cancelled_by_ending()
 
     async def _cancelled_by_ending(self) -> None:
         """Wait for the ending to cancel this operation with the others."""
-        assert self._ending is not None
-        await asyncio.shield(self._ending)
+        assert self.ending is not None
+        await asyncio.shield(self.ending)
         raise asyncio.CancelledError  # not cancelled with the others (it was already ending): end anyway
 
     async def _end_slow_consumer(self) -> None:
@@ -533,11 +553,11 @@ class GraphQLSocket:
         OPERATION_ID.set(None)
         try:
             ended = await self.cancel_all()
-            unfinished = [operation_id for operation_id in self._unfinished if operation_id not in ended]
+            unfinished = [operation_id for operation_id in self._unfinished or () if operation_id not in ended]
             await self._last_words(self.say_slow_consumer(ended + unfinished), "the slow-consumer error")
         finally:
-            self._unfinished.clear()
-            self._ending = None
+            self._unfinished = None
+            self.ending = None
             self.connection.slow = False  # graphql-transport-ws goes on: a later stall counts again
 
     async def abandon(self, ending: Close) -> None:
@@ -607,9 +627,9 @@ class TransportSocket(GraphQLSocket):
         query, variables, name = payload["query"], payload.get("variables"), payload.get("operationName")
         plan = self.router.planner.plan(query, variables, name)
         if plan is None:
-            self.start(operation_id, lambda operation: self.run_document(operation, query, variables, name))
+            self.start(operation_id, self.run_document, query, variables, name)
         else:  # the decoded message is not kept: the plan holds what every subscriber of it shares
-            self.start(operation_id, lambda operation: self.run_shared(operation, plan))
+            self.start(operation_id, self.run_shared, plan)
 
     async def pre_execution_error(self, operation: Operation, errors: list[GraphQLError]) -> None:
         """A document that cannot be parsed closes the socket 4400, as the protocol says;
@@ -735,9 +755,9 @@ class LegacySocket(GraphQLSocket):
         query, variables, name = payload["query"], payload.get("variables"), payload.get("operationName")
         plan = self.router.planner.plan(query, variables, name)
         if plan is None:
-            self.start(operation_id, lambda operation: self.run_document(operation, query, variables, name))
+            self.start(operation_id, self.run_document, query, variables, name)
         else:
-            self.start(operation_id, lambda operation: self.run_shared(operation, plan))
+            self.start(operation_id, self.run_shared, plan)
 
     async def _stop(self, operation_id: str) -> None:
         """End a running operation; its `complete` is written once its task has ended."""

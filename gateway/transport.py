@@ -18,7 +18,6 @@ and `send` (about 2 KB more).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -111,7 +110,6 @@ class GatewayRouter(HTTPSubscriptions, GraphQLRouter[GatewayContext, None]):
             raise ConnectionRejectionError({"message": "Forbidden"}) from None
         connection.open(principal)
         context.principal = principal
-        context.refresh = _refresher(context, connection)
         context.connection_params = None  # read: the token need not stay in memory
         TENANT.set(principal.tenant_id)  # this socket's logs
 
@@ -129,16 +127,6 @@ class GatewayApp(FastAPI):
                 await socket.run()
         else:
             await super().__call__(scope, receive, send)
-
-
-def _refresher(context: GatewayContext, connection: Connection) -> Callable[[str], Awaitable[Principal]]:
-    """`refreshToken` on this socket: the connection's principal and the context's move together."""
-
-    async def refresh(token: str) -> Principal:
-        context.principal = await connection.refresh(token)  # or RefreshRefused: FORBIDDEN
-        return context.principal
-
-    return refresh
 
 
 def _is_graphql_request(connection: HTTPConnection) -> bool:

@@ -24,7 +24,7 @@ from typing import Any
 from . import keys
 from .catchup import CatchUpReads
 from .connections import REDIS_ERRORS, AnyRedis, ping_all
-from .counters import Counters
+from .counters import Counters, TenantCounters
 from .entries import DeadLetter, Entry, Record, parse_record
 from .errors import CursorExpired, DurableTakenOver, InvalidCursor, Unavailable
 from .readers import StreamReader
@@ -526,36 +526,54 @@ class Deliveries:
         cannot take it now (that entry and what follows go to the task, which writes under
         the deadline). An entry is acknowledged once `write` took it, a skipped one at once.
         `flush()`, if given, ends each pass that wrote (`write` may hold its frames until then)."""
-        hub, subscriber, accept, counters = self._hub, self._subscriber, self._accept, self._counters
-
-        def take(entry: Record) -> bool:  # an entry known to be accepted
-            if not write(entry):  # type: ignore[arg-type]
-                return False
-            counters.delivered += 1
-            hub.ack(subscriber, entry, handed_out=False)
-            return True
-
-        def direct(record: Record) -> bool:
-            if isinstance(record, Entry) and accept(record):
-                return take(record)
-            counters.skipped += 1
-            hub.ack(subscriber, record, handed_out=False)
-            return True
-
-        def skipped(record: Record | None, count: int) -> None:
-            counters.skipped += count
-            if record is not None:
-                hub.ack(subscriber, record, handed_out=False)
-
-        subscriber.direct = direct
+        subscriber = self._subscriber
+        writer = DirectWrites(self._hub, subscriber, self._accept, self._counters, write)
+        subscriber.direct = writer.direct
         subscriber.flush = flush
         if sift is not None:  # decisions shared by a cohort: rejected entries are skipped in bulk
-            subscriber.sifted = Sifted(sift, take, skipped)
+            subscriber.sifted = Sifted(sift, writer.take, writer.skipped)
 
     async def aclose(self) -> None:
         """Nothing to release (the group belongs to `Hub.subscribe`); the last entry
         handed out stays unacknowledged, as its write was never confirmed."""
         self._last = None
+
+
+class DirectWrites:
+    """What the shared reader calls for one subscription it writes for
+    (`Deliveries.write_directly`): an object, not closures, which would weigh twice as much
+    for every subscription."""
+
+    __slots__ = ("_accept", "_counters", "_hub", "_subscriber", "_write")
+
+    def __init__(
+        self, hub: Hub, subscriber: Subscriber, accept: Accept, counters: TenantCounters, write: Callable[[Entry], bool]
+    ) -> None:
+        self._hub = hub
+        self._subscriber = subscriber
+        self._accept = accept
+        self._counters = counters
+        self._write = write
+
+    def take(self, entry: Record) -> bool:
+        """Write an entry known to be accepted; False when the connection cannot take it now."""
+        if not self._write(entry):  # type: ignore[arg-type]
+            return False
+        self._counters.delivered += 1
+        self._hub.ack(self._subscriber, entry, handed_out=False)
+        return True
+
+    def direct(self, record: Record) -> bool:
+        if isinstance(record, Entry) and self._accept(record):
+            return self.take(record)
+        self._counters.skipped += 1
+        self._hub.ack(self._subscriber, record, handed_out=False)
+        return True
+
+    def skipped(self, record: Record | None, count: int) -> None:
+        self._counters.skipped += count
+        if record is not None:
+            self._hub.ack(self._subscriber, record, handed_out=False)
 
 
 def _parse_after(after: str) -> tuple[int, int]:
