@@ -36,33 +36,36 @@ HOLD_LIMIT = 16 * 1024
 
 class Inbox:
     """What uvicorn uses of `asyncio.Queue` (put_nowait, get, empty), for one consumer,
-    with its deque made only while events wait."""
+    with its deque made only while events wait. `get` is not a coroutine: it returns the
+    future the consumer awaits, which the next event is handed to, so a connection waiting
+    for a message keeps no suspended call for it. An event handed to a consumer cancelled
+    meanwhile is lost: uvicorn's consumer is the app's `receive`, which the gateway cancels
+    only when the connection ends."""
 
     __slots__ = ("_items", "_waiter")
 
     def __init__(self) -> None:
         self._items: deque[Any] | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[Any] | None = None
 
     def put_nowait(self, item: Any) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(item)  # the consumer waits: nothing is queued
+            return
         if self._items is None:
             self._items = deque()
         self._items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
-    async def get(self) -> Any:
-        while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        item = self._items.popleft()
-        if not self._items:
-            self._items = None
-        return item
+    def get(self) -> asyncio.Future[Any]:
+        waiter = asyncio.get_running_loop().create_future()
+        if self._items:
+            waiter.set_result(self._items.popleft())
+            if not self._items:
+                self._items = None
+        else:
+            self._waiter = waiter
+        return waiter
 
     def empty(self) -> bool:
         return not self._items

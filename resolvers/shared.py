@@ -39,6 +39,7 @@ from ..schema.errors import GatewayError, masked
 from ..streaming import keys
 from ..streaming.entries import Entry, Record
 from ..streaming.hub import Accept
+from ..streaming.subscriber import Sift
 from .context import GatewayContext
 from .events import DeliveryStream, open_entries, to_event, to_order_event
 from .filters import order_filter, type_filter
@@ -85,6 +86,13 @@ class Cohort:
     accept: Accept = field(default=lambda entry: True)  # what its members deliver (set by `open_shared`)
     _sifted_batch: Sequence[Record] | None = None
     _sifted: Sequence[int] = ()
+    # The bound methods every member keeps, made once for the cohort (64 bytes a member each).
+    renderer: Callable[[Entry], str] = field(init=False)
+    sifter: Sift = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.renderer = self.render
+        self.sifter = self.sift
 
     def sift(self, records: Sequence[Record]) -> Sequence[int]:
         """The positions in a batch of the entries the cohort's members accept: decided once
@@ -153,6 +161,7 @@ class Planner:
         self._documents: OrderedDict[str, DocumentNode | None] = OrderedDict()
         self._plans: OrderedDict[PlanKey, SharedPlan | None] = OrderedDict()
         self._cohorts: dict[tuple[str, PlanKey], Cohort] = {}
+        self.leaver = self.leave  # kept by every subscription: one bound method for all
 
     def plan(self, query: object, variables: object, operation_name: object) -> SharedPlan | None:
         """A plan, or None: the caller then takes Strawberry's path, which reports any error."""
@@ -260,9 +269,9 @@ async def open_shared(context: GatewayContext, planner: Planner, plan: SharedPla
     except BaseException:
         planner.leave(tenant_id, cohort)
         raise
-    entries.on_close(planner.leave, tenant_id, cohort)
-    shared = entries.map(cohort.render)
-    shared.sift = cohort.sift
+    entries.on_close(planner.leaver, tenant_id, cohort)
+    shared = entries.map(cohort.renderer)
+    shared.sift = cohort.sifter
     return shared
 
 

@@ -79,6 +79,7 @@ class Hub:
         self.store = RedisStore(redis)
         self._reader = reader
         self._catch_up = CatchUpReads(self._read_range)
+        self._range_reader = self.read_range  # kept by every subscriber: one bound method for all
         self._feeds: dict[str, Feed] = {}
         self._feeds_changed = asyncio.Event()
         # Subscribers whose cursor moved since the last flush: durable ones are flushed every
@@ -144,7 +145,7 @@ class Hub:
         # From here to the `try`, no await: the feed cannot end before we are in it.
         feed, created = self._join_feed(tenant_id, head)
         subscriber = Subscriber(
-            feed, group, start, self.read_range, owner=owner,
+            feed, group, start, self._range_reader, owner=owner,
             buffer_limit=self.config.buffer_limit, range_count=self.config.range_count,
         )
         feed.subscribers.add(subscriber)
