@@ -16,12 +16,14 @@ and the benchmark's reference servers all run it, so they share one transport.
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections import deque
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
 from websockets.http11 import Request
+from websockets.protocol import State
 
 # The scope extension holding `send_now(text) -> bool`: write a text frame at once, or
 # say (False) that the socket cannot take one without waiting; ASGI's `send` awaits.
@@ -143,11 +145,17 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
             return False
         if self.initial_response is not None:
             return False
-        try:
-            self.conn.send_text(text.encode())
-        except InvalidState:
+        conn = self.conn
+        if conn.extensions or conn.expect_continuation_frame:  # none here (no deflate, no fragments)
+            try:
+                conn.send_text(text.encode())
+            except InvalidState:
+                return False
+            data = b"".join(conn.data_to_send())
+        elif conn.state is not State.OPEN:
             return False
-        data = b"".join(self.conn.data_to_send())
+        else:
+            data = text_frame(text.encode())
         if not hold:
             self.release()
             self.transport.write(data)
@@ -176,6 +184,21 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         self.request = None  # type: ignore[assignment]
         self.response = None  # type: ignore[assignment]
         super().start_keepalive()
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A final, unmasked text frame (RFC 6455 5.2), as websockets' `send_text` writes it for
+    a server with no extension, without its per-frame objects: it runs once per delivery."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return _SHORT.pack(0x81, 126, size) + payload
+    return _LONG.pack(0x81, 127, size) + payload
+
+
+_SHORT = struct.Struct("!BBH")
+_LONG = struct.Struct("!BBQ")
 
 
 def websocket_options() -> dict[str, Any]:
