@@ -37,12 +37,13 @@ class _Request(Generic[Ask, Answer]):
 
 class Batches(Generic[Ask, Answer]):
     """`ask(key, question)`: `call(key, questions)` answers every question of a key asked while
-    the previous call for it was on its way (at most `most` per call), one answer per
-    question, in order; when the call fails, each asker gets its error."""
+    the previous call for it was on its way or `linger` seconds after it (at most `most` per
+    call), one answer per question, in order; when the call fails, each asker gets its error."""
 
-    def __init__(self, call: Call[Ask, Answer], most: int = 500) -> None:
+    def __init__(self, call: Call[Ask, Answer], most: int = 500, linger: float = LINGER) -> None:
         self._call = call
         self._most = most
+        self._linger = linger
         self._pending: dict[str, list[_Request[Ask, Answer]]] = {}
         self._callers: dict[str, asyncio.Task[None]] = {}
 
@@ -73,7 +74,7 @@ class Batches(Generic[Ask, Answer]):
                     self._pending[key] = requests[self._most :] + self._pending.get(key, [])
                     requests = requests[: self._most]
                 await self._serve_batch(key, requests)
-                await asyncio.sleep(LINGER)
+                await asyncio.sleep(self._linger)
         finally:
             del self._callers[key]
             for request in self._pending.pop(key, ()):  # cancelled with requests waiting

@@ -4,9 +4,10 @@ A subscription behind the shared reader reads the gap itself (`Subscriber._catch
 When a tenant's durable clients all come back at once (a gateway restarted, a network
 blip), each resumes at its own position, and those positions are near each other: one
 `XRANGE` per resumer would read the same entries hundreds of times. Here the requests
-of a tenant that arrive while a read is on its way wait for the next one, which starts
-at the lowest position asked for; every request whose position lies within what it
-returned takes its part, the others are served by the reads that follow. The last few
+of a tenant that arrive while its reads are on their way wait for the next batch
+(`streaming.batches`), whose first read starts at the lowest position asked for; every
+request whose position lies within what it returned takes its part, the others are
+served by the reads that follow. The last few
 reads of a tenant are kept for `KEEP` seconds: a later request whose position lies
 before the last entry of one of them takes its part from there. That part is history,
 which does not change; a subscription served so still checks the shared reader's
@@ -16,29 +17,18 @@ request served from memory always advances.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from .batches import Batches
 from .entries import Record
 from .keys import parse_stream_id
 
 Read = Callable[[str, str, int], Awaitable[list[Record]]]
 KEEP = 1.0  # seconds a read is kept to serve the catch-ups that follow it
 KEPT = 4  # reads kept per tenant
-
-
-class _Request:
-    __slots__ = ("after", "after_key", "count", "done")
-
-    def __init__(self, after: str, count: int) -> None:
-        self.after = after
-        self.after_key = parse_stream_id(after)
-        self.count = count
-        # Its records, or the read's error: an exception set on a future whose caller gave
-        # up would be logged as never retrieved.
-        self.done: asyncio.Future[list[Record] | Exception] = asyncio.get_running_loop().create_future()
+MOST = 10_000  # requests one batch of reads serves (a storm's resumers of a tenant, all at once)
 
 
 class _Kept:
@@ -62,20 +52,17 @@ class CatchUpReads:
 
     def __init__(self, read: Read) -> None:
         self._read = read
-        self._pending: dict[str, list[_Request]] = {}
-        self._readers: dict[str, asyncio.Task[None]] = {}
+        # No linger: a catch-up is a subscriber waiting for its events.
+        self._batches: Batches[tuple[str, int], list[Record] | Exception] = Batches(
+            self._serve_batch, most=MOST, linger=0.0
+        )
         self._kept: dict[str, deque[_Kept]] = {}
 
     async def read(self, tenant_id: str, after: str, count: int) -> list[Record]:
         kept = self._from_memory(tenant_id, parse_stream_id(after), count)
         if kept is not None:
             return kept
-        request = _Request(after, count)
-        self._pending.setdefault(tenant_id, []).append(request)
-        if tenant_id not in self._readers:
-            task = asyncio.get_running_loop().create_task(self._serve(tenant_id))
-            self._readers[tenant_id] = task
-        result = await asyncio.shield(request.done)  # a caller giving up must not cancel the read for others
+        result = await self._batches.ask(tenant_id, (after, count))
         if isinstance(result, Exception):
             raise result
         return result
@@ -104,44 +91,36 @@ class CatchUpReads:
             reads.append(_Kept(after_key, records))
 
     def close(self) -> None:
-        for task in self._readers.values():
-            task.cancel()
+        self._batches.close()
 
-    async def _serve(self, tenant_id: str) -> None:
-        try:
-            await asyncio.sleep(0)  # the requests made in this turn of the loop join the first read
-            while requests := self._pending.pop(tenant_id, None):
-                await self._serve_batch(tenant_id, requests)
-        finally:
-            del self._readers[tenant_id]
-            for request in self._pending.pop(tenant_id, ()):  # cancelled with requests waiting
-                request.done.cancel()
-
-    async def _serve_batch(self, tenant_id: str, requests: list[_Request]) -> None:
-        requests.sort(key=lambda request: request.after_key)
-        while requests:
-            lowest = requests[0]
-            count = max(request.count for request in requests)
+    async def _serve_batch(self, tenant_id: str, asks: list[tuple[str, int]]) -> list[list[Record] | Exception]:
+        """Each request's records, from as few reads as the positions allow; a read that
+        fails is the error of every request it did not serve yet."""
+        after_keys = [parse_stream_id(after) for after, _ in asks]
+        answers: list[list[Record] | Exception] = [[] for _ in asks]
+        waiting = sorted(range(len(asks)), key=lambda index: after_keys[index])
+        while waiting:
+            lowest = waiting[0]
+            count = max(asks[index][1] for index in waiting)
             try:
-                records = await self._read(tenant_id, lowest.after, count)
-            except Exception as error:  # noqa: BLE001 (each caller gets the read's error)
-                for request in requests:
-                    if not request.done.done():
-                        request.done.set_result(error)
-                return
-            self._keep(tenant_id, lowest.after_key, records)
+                records = await self._read(tenant_id, asks[lowest][0], count)
+            except Exception as error:  # noqa: BLE001 (each request gets the read's error)
+                for index in waiting:
+                    answers[index] = error
+                break
+            self._keep(tenant_id, after_keys[lowest], records)
             complete = len(records) < count  # the read reached the stream's end
-            end = records[-1].sort_key if records else lowest.after_key
-            left: list[_Request] = []
-            for request in requests:
-                if request.done.done():
-                    continue
-                if request is lowest or complete or request.after_key < end:
-                    part = [record for record in records if record.sort_key > request.after_key]
-                    request.done.set_result(part[: request.count])
+            end = records[-1].sort_key if records else after_keys[lowest]
+            left: list[int] = []
+            for index in waiting:
+                after_key = after_keys[index]
+                if index == lowest or complete or after_key < end:
+                    part = [record for record in records if record.sort_key > after_key]
+                    answers[index] = part[: asks[index][1]]
                 else:
-                    left.append(request)
-            requests = left
+                    left.append(index)
+            waiting = left
+        return answers
 
 
 __all__ = ["CatchUpReads"]
