@@ -89,7 +89,7 @@ async def accept(router: Host, scope: Scope, receive: Receive, send: Send) -> Gr
         await websocket.close(closes.NO_SUBPROTOCOL.code, closes.NO_SUBPROTOCOL.reason)
         return None
     socket_class = TransportSocket if protocol == GRAPHQL_TRANSPORT_WS_PROTOCOL else LegacySocket
-    socket = socket_class(router, websocket, receive, send, router.socket_context(websocket))
+    socket = socket_class(router, receive, send, router.socket_context(websocket))
     extensions = scope.get("extensions", {})
     socket.send_now, socket.release = extensions.get(SEND_NOW), extensions.get(RELEASE)
     return socket
@@ -140,12 +140,10 @@ class GraphQLSocket:
     """What both subprotocols share: the read loop, the connection's lifecycle, the
     subscribe rate and limit, the write deadline, and giving up on a peer."""
 
-    def __init__(
-        self, router: Host, websocket: WebSocket, receive: Receive, send: Send, context: GatewayContext
-    ) -> None:
+    def __init__(self, router: Host, receive: Receive, send: Send, context: GatewayContext) -> None:
+        """`context.request` is the socket's Starlette WebSocket, until `connection_init` has read it."""
         self.router = router
         self.runtime = router.runtime
-        self.scope: Scope | None = websocket.scope  # until `connection_init` has read it
         self.context = context
         self.connection = Connection(self.runtime, self)
         settings = self.runtime.settings
@@ -267,12 +265,12 @@ class GraphQLSocket:
     def _forget_handshake(self) -> None:
         """Once the connection is open, its handshake's headers and query string (the token
         among them) have been read: they need not stay in memory for the socket's life."""
-        scope, self.scope = self.scope, None
-        if scope is not None:
+        websocket, self.context.request = self.context.request, None  # with what Starlette parsed
+        if isinstance(websocket, WebSocket):
+            scope = websocket.scope
             if isinstance(scope.get("headers"), list):
                 scope["headers"].clear()  # uvicorn's scope, and Starlette's view of it
             scope["query_string"] = b""
-        self.context.request = None  # Starlette's WebSocket, with what it parsed of them
 
     async def rejected(self, payload: object) -> None:
         await self.close(closes.FORBIDDEN)

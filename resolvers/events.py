@@ -192,12 +192,10 @@ class DeliveryStream(AsyncIterator[T]):
         return self
 
     async def __anext__(self) -> T:
-        if self._written is not None and self._latency is not None:
-            self._latency.observe(self._written)
+        self._settle()
         try:
             entry = await self._source.__anext__()
         except StreamingError as error:
-            self._written = None
             raise as_graphql_error(error) from None
         self._written = entry
         return entry if self._convert is None else self._convert(entry)  # type: ignore[return-value]
@@ -207,11 +205,15 @@ class DeliveryStream(AsyncIterator[T]):
         consumer that waits on it itself (`Deliveries.idle`): the item handed out last
         counts as written."""
         waiter = self._source.idle()
-        if waiter is not None and self._written is not None:
-            if self._latency is not None:
-                self._latency.observe(self._written)
-            self._written = None
+        if waiter is not None:
+            self._settle()
         return waiter
+
+    def _settle(self) -> None:
+        """The item handed out last was written: its latency is observed (once)."""
+        written, self._written = self._written, None
+        if written is not None and self._latency is not None:
+            self._latency.observe(written)
 
     async def aclose(self) -> None:
         try:

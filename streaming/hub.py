@@ -494,10 +494,7 @@ class Deliveries:
 
     async def __anext__(self) -> Entry:
         subscriber, counters = self._subscriber, self._counters
-        written, self._last = self._last, None
-        if written is not None:  # `_settle`, inlined: this runs once per event per subscriber
-            counters.delivered += 1
-            self._hub.ack(subscriber, written)
+        self._settle()
         while True:
             record = await subscriber.next_record()
             if isinstance(record, Entry) and self._accept(record):

@@ -195,14 +195,9 @@ class Subscriber:
                 if not self._queue:
                     self._queue = None
                 return record
-            if self._behind:
-                await self._catch_up()
-                continue
-            self._waiter = self._loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            waiting = self.idle()
+            assert waiting is not None  # neither an error nor a record: something to await
+            await waiting
 
     def idle(self) -> Awaitable[None] | None:
         """None when `next_record` has a record (or an error) now; else what it would await
