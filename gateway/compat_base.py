@@ -143,14 +143,7 @@ async def pump(
     try:
         async with aclosing(hub.deliveries(subscription, accept)) as entries:
             if write_now is not None:
-
-                def deliver(entry: Entry) -> bool:
-                    if not write_now(entry):
-                        return False
-                    latency.observe(entry)
-                    return True
-
-                entries.write_directly(deliver)
+                entries.write_directly(write_now, latency=latency)
             async for entry in entries:
                 await write(entry)
                 metrics.latency.observe(entry)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing, suppress
 from typing import Any, ClassVar, Protocol
@@ -119,9 +120,15 @@ class Operation:
 class FramesNow:
     """What the fan-out writer calls to write an operation's result frame (`write_directly`):
     held, so that a pass makes one write per socket (`release`); False when the socket cannot
-    take it now. An object, not a closure: it is kept for every subscription."""
+    take it now. An object, not a closure: it is kept for every subscription.
+
+    A pass writes one cohort's payload (one text object) to its members one after another,
+    and most of them have the same head (clients number their first operation alike; heads
+    are interned): the frame's text made for the previous member is used again
+    (`_last`), and `send_now` frames that same text object once."""
 
     __slots__ = ("_head", "_operation", "_send_now", "_socket")
+    _last: ClassVar[tuple[str, str, str]] = ("", "", "")  # head, payload, their frame's text
 
     def __init__(self, socket: GraphQLSocket, operation: Operation, head: str, send_now: Callable[[str, bool], bool]) -> None:
         self._socket = socket
@@ -133,7 +140,12 @@ class FramesNow:
         socket = self._socket
         if self._operation.completed or socket.closed or socket.ending is not None:
             return False
-        return self._send_now(f"{self._head}{payload}}}", True)
+        head, last = self._head, FramesNow._last
+        if last[1] is payload and last[0] is head:
+            return self._send_now(last[2], True)
+        text = f"{head}{payload}}}"
+        FramesNow._last = (head, payload, text)
+        return self._send_now(text, True)
 
 
 class GraphQLSocket:
@@ -392,7 +404,7 @@ class GraphQLSocket:
             await self.bug(error)
             await self.operation_error(operation, [GraphQLError(MASKED_MESSAGE)])
             return
-        head = f'{{"id":{orjson.dumps(operation.id).decode()},"type":"{self.result_type}","payload":'
+        head = sys.intern(f'{{"id":{orjson.dumps(operation.id).decode()},"type":"{self.result_type}","payload":')
         try:
             await self.send_payloads(operation, payloads, head, writer)
         except GraphQLError as error:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections import deque
-from typing import Any
+from typing import Any, ClassVar
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
@@ -117,6 +117,8 @@ class Gate:
 class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's protocol with a lighter inbox and gate, and no handshake kept after the 101."""
 
+    _last: ClassVar[tuple[str, bytes]] = ("", b"")  # the text `send_now` framed last, and its frame
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue = Inbox()  # type: ignore[assignment]
@@ -155,7 +157,12 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         elif conn.state is not State.OPEN:
             return False
         else:
-            data = text_frame(text.encode())
+            last = LeanWebSocketProtocol._last
+            if last[0] is text:  # a pass writes one frame's text to many sockets in a row
+                data = last[1]
+            else:
+                data = text_frame(text.encode())
+                LeanWebSocketProtocol._last = (text, data)
         if not hold:
             self.release()
             self.transport.write(data)

@@ -225,7 +225,7 @@ class DeliveryStream(AsyncIterator[T]):
         """Items go straight to `write` from the shared reader while the consumer waits
         (`Deliveries.write_directly`); `write` returns False for one it cannot write now;
         `flush()` ends each of the reader's passes that wrote."""
-        self._source.write_directly(_Deliver(write, self._convert, self._latency).deliver, self.sift, flush)
+        self._source.write_directly(write, self.sift, flush, self._convert, self._latency)
 
     def on_close(self, callback: Callable[..., object], *args: Any) -> None:
         """Run `callback(*args)` when the stream is closed."""
@@ -241,28 +241,6 @@ class DeliveryStream(AsyncIterator[T]):
 
     def __repr__(self) -> str:
         return f"<DeliveryStream {self._source!r}>"
-
-
-class _Deliver:
-    """`DeliveryStream.write_directly`'s writer: an object, not a closure (lighter, for
-    every subscription)."""
-
-    __slots__ = ("_convert", "_latency", "_write")
-
-    def __init__(
-        self, write: Callable[[Any], bool], convert: Callable[[Entry], Any] | None, latency: LatencyHistogram | None
-    ) -> None:
-        self._write = write
-        self._convert = convert
-        self._latency = latency
-
-    def deliver(self, entry: Entry) -> bool:
-        convert = self._convert
-        if not self._write(entry if convert is None else convert(entry)):
-            return False
-        if self._latency is not None:
-            self._latency.observe(entry)
-        return True
 
 
 __all__: list[Any] = ["open_entries", "open_events", "open_order_events", "to_event", "to_order_event"]

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from . import keys
 from .catchup import CatchUpReads
@@ -31,7 +31,7 @@ from .readers import StreamReader
 from .replies import text
 from .retry import next_pause
 from .store import ZERO_ID, Move, RedisStore, StreamBounds
-from .subscriber import Feed, Sift, Sifted, Subscriber
+from .subscriber import Feed, Sift, Subscriber
 
 logger = logging.getLogger(__name__)
 Accept = Callable[[Entry], bool]
@@ -158,7 +158,7 @@ class Hub:
             yield subscriber
         finally:
             self.counters.tenant(tenant_id).subscriptions -= 1
-            subscriber.direct = subscriber.sifted = subscriber.flush = None  # they refer back to it, or to its socket
+            subscriber.writer = None  # it refers back to the subscription and to its socket
             self._leave_feed(subscriber)
             # Shielded: a cancel that lands while the subscription is already ending (its
             # socket closed mid-write, then the handler cancels it) must not leave the group.
@@ -172,9 +172,9 @@ class Hub:
     def ack(self, subscriber: Subscriber, record: Record, handed_out: bool = True) -> None:
         """Record that `record` was written to the client (or skipped)."""
         if subscriber.ack(record, handed_out):
-            self._mark_dirty(subscriber)
+            self.mark_dirty(subscriber)
 
-    def _mark_dirty(self, subscriber: Subscriber) -> None:
+    def mark_dirty(self, subscriber: Subscriber) -> None:
         """Its cursor moves at the next flush (`_flush_loop`: durable ones at every one)."""
         (self._dirty if subscriber.owner is None else self._dirty_durable)[subscriber] = None
 
@@ -210,7 +210,7 @@ class Hub:
             except REDIS_ERRORS:
                 for subscriber in batch[start:]:
                     if not subscriber.closing:
-                        self._mark_dirty(subscriber)
+                        self.mark_dirty(subscriber)
                 raise
             for subscriber, still_owner in zip(chunk, kept, strict=True):
                 if not still_owner:
@@ -519,20 +519,24 @@ class Deliveries:
         return waiter
 
     def write_directly(
-        self, write: Callable[[Entry], bool], sift: Sift | None = None, flush: Callable[[], None] | None = None
+        self,
+        write: Callable[[Any], bool],
+        sift: Sift | None = None,
+        flush: Callable[[], None] | None = None,
+        convert: Callable[[Entry], Any] | None = None,
+        latency: Observer | None = None,
     ) -> None:
         """Let the shared reader write accepted entries itself, in one pass over every
         subscriber of the event, while this subscription's task waits with nothing queued:
-        `write(entry)` writes it now and returns True, or returns False when the connection
+        `write(item)` writes it now and returns True, or returns False when the connection
         cannot take it now (that entry and what follows go to the task, which writes under
-        the deadline). An entry is acknowledged once `write` took it, a skipped one at once.
-        `flush()`, if given, ends each pass that wrote (`write` may hold its frames until then)."""
-        subscriber = self._subscriber
-        writer = DirectWrites(self._hub, subscriber, self._accept, self._counters, write)
-        subscriber.direct = writer.direct
-        subscriber.flush = flush
-        if sift is not None:  # decisions shared by a cohort: rejected entries are skipped in bulk
-            subscriber.sifted = Sifted(sift, writer.take, writer.skipped)
+        the deadline). The item is `convert(entry)`, or the entry. An entry is acknowledged
+        once `write` took it (and observed by `latency`), a skipped one at once. `sift`: the
+        cohort's shared decisions, so that rejected entries are skipped in bulk. `flush()`,
+        if given, ends each pass that wrote (`write` may hold its frames until then)."""
+        self._subscriber.writer = DirectWrites(
+            self._hub, self._subscriber, self._accept, self._counters, write, sift, flush, convert, latency
+        )
 
     async def aclose(self) -> None:
         """Nothing to release (the group belongs to `Hub.subscribe`); the last entry
@@ -540,28 +544,55 @@ class Deliveries:
         self._last = None
 
 
-class DirectWrites:
-    """What the shared reader calls for one subscription it writes for
-    (`Deliveries.write_directly`): an object, not closures, which would weigh twice as much
-    for every subscription."""
+class Observer(Protocol):
+    """What times a written entry (the delivery latency histogram)."""
 
-    __slots__ = ("_accept", "_counters", "_hub", "_subscriber", "_write")
+    def observe(self, entry: Entry) -> None: ...
+
+
+class DirectWrites:
+    """The `DirectWriter` the shared reader writes through for one subscription
+    (`Deliveries.write_directly`): one object holding what a delivery needs, not a chain of
+    closures or wrappers, which would weigh more for every subscription and cost a call
+    and an object more per delivery."""
+
+    __slots__ = (
+        "_accept", "_convert", "_counters", "_hub", "_latency", "_subscriber", "_write", "release", "sift"
+    )
 
     def __init__(
-        self, hub: Hub, subscriber: Subscriber, accept: Accept, counters: TenantCounters, write: Callable[[Entry], bool]
+        self,
+        hub: Hub,
+        subscriber: Subscriber,
+        accept: Accept,
+        counters: TenantCounters,
+        write: Callable[[Any], bool],
+        sift: Sift | None,
+        release: Callable[[], None] | None,
+        convert: Callable[[Entry], Any] | None,
+        latency: Observer | None,
     ) -> None:
         self._hub = hub
         self._subscriber = subscriber
         self._accept = accept
         self._counters = counters
         self._write = write
+        self._convert = convert
+        self._latency = latency
+        self.sift = sift
+        self.release = release
 
     def take(self, entry: Record) -> bool:
         """Write an entry known to be accepted; False when the connection cannot take it now."""
-        if not self._write(entry):  # type: ignore[arg-type]
+        convert = self._convert
+        if not self._write(entry if convert is None else convert(entry)):  # type: ignore[arg-type]
             return False
         self._counters.delivered += 1
-        self._hub.ack(self._subscriber, entry, handed_out=False)
+        subscriber = self._subscriber
+        if subscriber.ack(entry, handed_out=False):
+            self._hub.mark_dirty(subscriber)
+        if self._latency is not None:
+            self._latency.observe(entry)  # type: ignore[arg-type]
         return True
 
     def direct(self, record: Record) -> bool:

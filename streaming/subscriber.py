@@ -13,6 +13,7 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .entries import Record
 from .errors import StreamingError, Unavailable
@@ -31,26 +32,36 @@ class Feed:
 
 
 RangeReader = Callable[[str, str, int], Awaitable[list[Record]]]
-# Takes a record straight from the reader, written or skipped (True), or leaves it to the
-# consumer's own task (False): `Subscriber.direct`.
-Direct = Callable[[Record], bool]
 # The positions of the records of a batch that the consumer accepts, decided once for every
 # subscriber that shares the decision (a cohort): the same list for the same batch object.
 Sift = Callable[[Sequence[Record]], Sequence[int]]
-# Records the consumer skipped in the reader's pass: how many, and the record to move the
-# cursor to (None when a written one after them moves it anyway).
-Skipped = Callable[[Record | None, int], None]
 
 
-@dataclass(frozen=True, slots=True)
-class Sifted:
-    """A consumer whose decisions are made per batch (`sift`): the reader hands it only
-    the records kept (`take`, which writes one it is known to accept, like `Direct`) and
-    tells `skipped` about the others."""
+class DirectWriter(Protocol):
+    """What the shared reader writes through for a subscription while its consumer waits
+    with nothing queued (`Subscriber.writer`, the fan-out writer): one object, called by
+    method, so that a delivery touches as few objects as it can."""
 
-    sift: Sift
-    take: Direct
-    skipped: Skipped
+    # Optional: the batch's shared decisions (a cohort's): the reader then hands over only
+    # the records kept (`take`) and tells `skipped` about the others.
+    sift: Sift | None
+    # Optional: called after each pass that handed records over, so that their writes to
+    # one connection go out together.
+    release: Callable[[], None] | None
+
+    def direct(self, record: Record) -> bool:
+        """Take a record, written or skipped (True), or leave it to the consumer's own task
+        (False: its connection cannot take a frame now)."""
+        ...
+
+    def take(self, record: Record) -> bool:
+        """`direct` for a record known to be accepted."""
+        ...
+
+    def skipped(self, record: Record | None, count: int) -> None:
+        """`count` records were skipped in the pass; `record` is the one to move the cursor
+        to (None when a written one after them moves it anyway)."""
+        ...
 
 
 class Subscriber:
@@ -89,14 +100,8 @@ class Subscriber:
         self._range_count = range_count
         self._pause = 0.0
         # Set by the consumer: while it waits with nothing queued, the reader hands records to
-        # `direct` in its own pass (the fan-out writer) instead of waking the consumer's task.
-        self.direct: Direct | None = None
-        # With `direct`, optionally: the reader hands over only the records the batch's
-        # shared decisions keep, so a rejected record costs nothing per subscriber.
-        self.sifted: Sifted | None = None
-        # With `direct`, optionally: called after each pass that handed it records, so that
-        # their writes to one connection can go out together.
-        self.flush: Callable[[], None] | None = None
+        # its writer in its own pass (the fan-out writer) instead of waking the consumer's task.
+        self.writer: DirectWriter | None = None
 
     @property
     def pending(self) -> int:
@@ -129,15 +134,16 @@ class Subscriber:
             fresh = [r for r in records if r.sort_key > self._tail_key]
             if not fresh:
                 return
-        if self.direct is not None and self._queue is None and self._waiter is not None and not self._waiter.done():
+        writer = self.writer
+        if writer is not None and self._queue is None and self._waiter is not None and not self._waiter.done():
             try:
-                if fresh is records and self.sifted is not None:
-                    fresh = self._hand_over_sifted(self.sifted, fresh)
+                if fresh is records and writer.sift is not None:
+                    fresh = self._hand_over_sifted(writer, records, writer.sift(records))
                 else:
-                    fresh = self._hand_over(self.direct, fresh)
+                    fresh = self._hand_over(writer, fresh)
             finally:
-                if self.flush is not None:
-                    self.flush()
+                if writer.release is not None:
+                    writer.release()
             if not fresh:
                 return
         if (len(self._queue) if self._queue else 0) + len(fresh) > self._buffer_limit:
@@ -145,32 +151,32 @@ class Subscriber:
             return
         self._append(fresh)
 
-    def _hand_over_sifted(self, sifted: Sifted, records: Sequence[Record]) -> Sequence[Record]:
-        """`_hand_over` for a batch whose decisions were made once for the cohort: only the
-        records it keeps are handed over; the others cost this subscriber nothing but one
-        count (a written record after them moves the cursor past them too)."""
-        kept, take, skipped = sifted.sift(records), sifted.take, sifted.skipped
+    def _hand_over_sifted(self, writer: DirectWriter, records: Sequence[Record], kept: Sequence[int]) -> Sequence[Record]:
+        """`_hand_over` for a batch whose decisions were made once for the cohort (`kept`,
+        the positions of the records it accepts): only the records it keeps are handed
+        over; the others cost this subscriber nothing but one count (a written record after
+        them moves the cursor past them too)."""
         for done, index in enumerate(kept):
-            record = records[index]
             try:
-                taken = take(record)
+                taken = writer.take(records[index])
             except Exception:  # noqa: BLE001 (the consumer's task meets it again, and reports it)
                 taken = False
             if not taken:
-                skipped(None, index - done)  # those before it; the cursor moves when it is written
+                writer.skipped(None, index - done)  # those before it; the cursor moves when it is written
                 return records[index:]
         last = records[-1]
-        trailing = not kept or kept[-1] != len(records) - 1
-        skipped(last if trailing else None, len(records) - len(kept))
+        if len(kept) != len(records):
+            trailing = not kept or kept[-1] != len(records) - 1
+            writer.skipped(last if trailing else None, len(records) - len(kept))
         self._tail, self._tail_key = last.id, last.sort_key
         return ()
 
-    def _hand_over(self, direct: Direct, records: Sequence[Record]) -> Sequence[Record]:
-        """Give records to `direct` in order, without waking the consumer; what it did not
+    def _hand_over(self, writer: DirectWriter, records: Sequence[Record]) -> Sequence[Record]:
+        """Give records to the writer in order, without waking the consumer; what it did not
         take (its connection cannot take a frame now) is returned, for the consumer's task."""
         for index, record in enumerate(records):
             try:
-                taken = direct(record)
+                taken = writer.direct(record)
             except Exception:  # noqa: BLE001 (the consumer's task meets it again, and reports it)
                 taken = False
             if not taken:

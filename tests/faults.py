@@ -7,20 +7,19 @@ gateway starts, in that process only.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
-from ragline.streaming.entries import Entry
-from ragline.streaming.hub import Deliveries, Hub
+from ragline.streaming.entries import Entry, Record
+from ragline.streaming.hub import Deliveries, DirectWrites, Hub
 from ragline.streaming.store import RedisStore
 
 
 def hold_type(event_type: str) -> None:
     """Entries of `event_type` are read and handed to the writer, which then waits forever:
     a process that dies now has read the entry but never sent it. The reader's own pass
-    (`write_directly`) leaves them to the subscription's task, which is where they wait."""
-    read, write_directly = Deliveries.__anext__, Deliveries.write_directly
+    (`DirectWrites`) leaves them to the subscription's task, which is where they wait."""
+    read, take = Deliveries.__anext__, DirectWrites.take
 
     async def read_then_hold(self: Deliveries) -> Entry:
         entry = await read(self)
@@ -28,11 +27,11 @@ def hold_type(event_type: str) -> None:
             await asyncio.Event().wait()
         return entry
 
-    def not_those(self: Deliveries, write: Callable[[Entry], bool], *args: Any, **kwargs: Any) -> None:
-        write_directly(self, lambda entry: entry.event_type != event_type and write(entry), *args, **kwargs)
+    def not_those(self: DirectWrites, entry: Record) -> bool:
+        return not (isinstance(entry, Entry) and entry.event_type == event_type) and take(self, entry)
 
     Deliveries.__anext__ = read_then_hold  # type: ignore[method-assign]
-    Deliveries.write_directly = not_those  # type: ignore[method-assign]
+    DirectWrites.take = not_those  # type: ignore[method-assign]
 
 
 def slow_cursor_writes(flush: float, release: float) -> None:
