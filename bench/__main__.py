@@ -239,7 +239,7 @@ def describe(config: BenchConfig, stamp: str) -> dict[str, Any]:
             "throughput": "burst deliveries / (last receipt - first XADD); deliveries = distinct ids per sub",
             "latency": "client receipt wall clock - entry id millisecond (same host clock; +0..1 ms)",
             "losses": "per subscription, publisher's per-tenant count minus distinct ids received",
-            "server_cpu": "psutil user+system over the server's process tree, phase delta",
+            "server_cpu": "psutil user+system over the server's process tree, phase delta (server_cpu_s); server_system_s: its system part",
             "redis_cmds": "INFO commandstats delta summed over every primary, minus the harness's own commands (XADD, INFO, CLIENT, XINFO) and replication's (REPLCONF, PSYNC)",
             "redis_cpu": "INFO cpu used_cpu_user+sys delta summed over every primary",
             "redis_connections": "CLIENT LIST entries on every node not named bench-* nor replication links, max of after-prime and after-steady",

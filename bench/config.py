@@ -39,6 +39,8 @@ class BenchConfig:
     # idle: RSS per idle subscription
     idle_subs: int = 10_000
     idle_tenants: int = 50
+    # subscriptions per connection (operations of one socket); 1: each its own connection
+    idle_per_connection: int = 1
     # stalled: a fraction of clients stop reading
     stalled_subs: int = 1000
     stalled_tenants: int = 1
@@ -147,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--payload-bytes", type=int)
     add("--idle-subs", type=int)
     add("--idle-tenants", type=int)
+    add(
+        "--idle-per-connection",
+        type=int,
+        help="idle: subscriptions per connection, each its own operation (default 1: a connection each)",
+    )
     add("--stalled-subs", type=int)
     add("--stalled-tenants", type=int)
     add("--stalled-fraction", type=float)

@@ -36,6 +36,7 @@ from bench import rpc
 from bench.metrics import LatencyHistogram, self_cpu_seconds
 from bench.protocol import (
     EVENTS_QUERY,
+    OPERATION_ID,
     STATION_FIELD,
     STORM_QUERY,
     SUBPROTOCOL,
@@ -87,14 +88,17 @@ class SubSpec:
     query: str | None = None  # None: EVENTS_QUERY
     where: dict[str, Any] | None = None  # sent as the `where` variable
     station: str | None = None  # expects only events whose payload has this station
+    connection: int | None = None  # subscriptions with the same number share one connection
 
 
-def subscribe_text(spec: SubSpec) -> str:
-    """The spec's `subscribe` message as text."""
-    if spec.query is None and spec.where is None:
+def subscribe_text(spec: SubSpec, operation_id: str = OPERATION_ID) -> str:
+    """The spec's `subscribe` message as text, for the operation `operation_id`."""
+    if spec.query is None and spec.where is None and operation_id == OPERATION_ID:
         return SUBSCRIBE_TEXT
     variables = None if spec.where is None else {"where": spec.where}
-    return orjson.dumps(subscribe_message(spec.query or EVENTS_QUERY, variables)).decode()
+    message = subscribe_message(spec.query or EVENTS_QUERY, variables)
+    message["id"] = operation_id
+    return orjson.dumps(message).decode()
 
 
 @dataclass
@@ -124,11 +128,16 @@ class Phase:
 
 
 class Subscription:
-    """One connection, one subscription, and what arrived on it."""
+    """One subscription and what arrived on it, on a connection of its own, or one of the
+    operations of the connection a first subscription opened (`join`)."""
 
     def __init__(self, spec: SubSpec, fleet: Fleet) -> None:
         self.spec = spec
         self.fleet = fleet
+        self.operation_id = OPERATION_ID
+        # On the subscription that opened the connection, when others share it: every
+        # subscription of the connection by operation id, itself included.
+        self.operations: dict[str, Subscription] | None = None
         self.ws: ClientConnection | None = None
         self.task: asyncio.Task[None] | None = None
         self.last: tuple[int, int] = (0, 0)
@@ -139,6 +148,13 @@ class Subscription:
         self.closed = False
         self.counted = False
         self.close_code: int | None = None
+
+    def join(self, other: Subscription) -> None:
+        """`other` will be an operation of this subscription's connection."""
+        if self.operations is None:
+            self.operations = {self.operation_id: self}
+        other.operation_id = str(len(self.operations) + 1)
+        self.operations[other.operation_id] = other
 
     @property
     def healthy(self) -> bool:
@@ -178,6 +194,12 @@ class Subscription:
     async def _handshake(self, token: str) -> None:
         assert self.ws is not None
         await init_and_subscribe(self.ws, token, subscribe_text(self.spec))
+        for other in self.others():
+            await self.ws.send(subscribe_text(other.spec, other.operation_id))
+
+    def others(self) -> list[Subscription]:
+        """The other subscriptions of this one's connection."""
+        return [sub for sub in (self.operations or {}).values() if sub is not self]
 
     async def _drop(self) -> None:
         if self.ws is not None:
@@ -198,13 +220,16 @@ class Subscription:
         except ConnectionClosed:
             pass
         finally:
-            self.close_code = self.ws.close_code
-            self.closed = True
-            self.fleet.on_closed(self)
+            for sub in self.operations.values() if self.operations else (self,):
+                sub.close_code = self.ws.close_code
+                sub.closed = True
+                self.fleet.on_closed(sub)
 
     async def close(self) -> None:
         """Close politely; a stalled one is aborted since it will not read the close reply."""
         self.closing = True
+        for other in self.others():
+            other.closing = True
         if self.task is not None and self.stalled:
             self.task.cancel()
         if self.ws is not None:
@@ -273,6 +298,8 @@ class Fleet(Listener):
         kind, message = self.read(raw, now, f"sub {sub.spec.index}")
         if message is None:
             return kind
+        if sub.operations is not None:  # one of the connection's operations
+            sub = sub.operations.get(str(message.get("id")), sub)
         event = message["payload"]["data"]["events"]
         self._record(sub, event["id"], event["payload"], now)
         return str(kind)
@@ -334,24 +361,35 @@ async def open_subscriptions(
     tokens: dict[str, str] = {}
     gate = asyncio.Semaphore(concurrency)
     new = [Subscription(SubSpec(**s), FLEET) for s in specs]
+    openers: list[Subscription] = []  # one per connection
+    by_connection: dict[int, Subscription] = {}
+    for sub in new:
+        first = sub if sub.spec.connection is None else by_connection.setdefault(sub.spec.connection, sub)
+        if first is sub:
+            openers.append(sub)
+        else:
+            first.join(sub)
 
     async def open_one(sub: Subscription) -> None:
-        # One user per subscription, as real clients are: the gateway limits connections per user.
+        # One user per connection, as real clients are: the gateway limits connections per user.
         user = f"bench-user-{sub.spec.index}"
         token = tokens.setdefault(f"{sub.spec.tenant}/{user}", make_token(secret, sub.spec.tenant, user))
         async with gate:
             await sub.open(url, token)
 
-    results = await asyncio.gather(*(open_one(s) for s in new), return_exceptions=True)
+    results = await asyncio.gather(*(open_one(s) for s in openers), return_exceptions=True)
     failed = [r for r in results if isinstance(r, BaseException)]
     for exc in failed[:ERROR_SAMPLES]:
         FLEET.note_error(f"connect failed: {type(exc).__name__}: {exc}")
-    FLEET.subs.extend(s for s, r in zip(new, results) if not isinstance(r, BaseException))
+    opened = [s for s, r in zip(openers, results) if not isinstance(r, BaseException)]
+    FLEET.subs.extend(itertools.chain.from_iterable([s, *s.others()] for s in opened))
     gc.collect()
     gc.freeze()  # tens of thousands of long-lived objects: keep GC pauses out of latencies
+    lost = sum(len(s.operations or (s,)) for s, r in zip(openers, results) if isinstance(r, BaseException))
     return {
-        "opened": len(new) - len(failed),
-        "failed": len(failed),
+        "opened": len(new) - lost,
+        "connections": len(opened),
+        "failed": lost,
         "seconds": time.monotonic() - started,
     }
 

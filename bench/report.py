@@ -131,11 +131,21 @@ def checks(results: ScenarioResults, subject: str) -> list[Check]:
             )
         )
     for idle in (i for i in results.idle if i["server"] == subject):
+        connect, shared = idle["connect"], idle.get("per_connection", 1)
+        if shared == 1:  # the target is for subscriptions with a connection each
+            out.append(
+                _at_most(
+                    f"RSS KB per idle subscription ({idle['subs']} subs, {idle['redis']})",
+                    idle["rss_per_sub_kb"],
+                    20.0,
+                )
+            )
         out.append(
-            _at_most(
-                f"RSS KB per idle subscription ({idle['subs']} subs, {idle['redis']})",
-                idle["rss_per_sub_kb"],
-                20.0,
+            _at_least(
+                f"idle subscriptions live in one process ({idle['subs']} on"
+                f" {connect.get('connections', connect['opened'])} connections, {idle['redis']})",
+                connect["opened"] - connect.get("never_primed", 0),
+                idle["subs"],
             )
         )
     for storm in (s for s in results.storm if s["server"] == subject):
@@ -373,6 +383,7 @@ def scenario_tables(results: ScenarioResults) -> str:
     for i in results.idle:
         lines.append(
             f"idle    {i['server']:<9} {i['redis']:<17} subs={i['subs']} opened={i['connect']['opened']} "
+            f"connections={i['connect'].get('connections', i['connect']['opened'])} "
             f"never_primed={i['connect'].get('never_primed', 0)} "
             f"KB/sub={_num(i['rss_per_sub_kb'], 1)} rconn/proc={_num(i['redis_connections_per_process'], 0)} "
             f"groups={i['groups']} groups_after_close={i['groups_after_close']} "

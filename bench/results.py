@@ -64,6 +64,7 @@ class PhaseResult:
     loaders_busy: bool = False  # a load process above LOADER_BUSY of a core: may be client-bound
     # frames of the phase a filtered subscription got for another station (should be 0)
     unexpected: int = 0
+    server_system_s: float = 0.0  # the kernel's part of server_cpu_s
 
     @property
     def losses(self) -> int:
@@ -82,6 +83,7 @@ class PhaseInputs:
     server_cpu_s: float
     machine_before: MachineCpu
     machine_after: MachineCpu
+    server_system_s: float = 0.0
 
 
 def summarize_phase(inputs: PhaseInputs) -> PhaseResult:
@@ -126,6 +128,7 @@ def summarize_phase(inputs: PhaseInputs) -> PhaseResult:
         machine_cpu_util=inputs.machine_after.util_since(inputs.machine_before),
         loaders_busy=max((u or 0.0 for u in loader_util), default=0.0) > LOADER_BUSY,
         unexpected=sum(int(r.get("unexpected", 0)) for r in replies),
+        server_system_s=inputs.server_system_s,
     )
 
 

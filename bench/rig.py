@@ -79,10 +79,13 @@ class Rig:
             )
         )
         opened = sum(r["opened"] for r in replies)
+        connections = sum(r["connections"] for r in replies)
         failed = sum(r["failed"] for r in replies)
         seconds = max(r["seconds"] for r in replies)
-        logger.info("opened %s subscriptions (%s failed) in %.1fs", opened, failed, seconds)
-        return {"opened": opened, "failed": failed, "seconds": seconds}
+        logger.info(
+            "opened %s subscriptions on %s connections (%s failed) in %.1fs", opened, connections, failed, seconds
+        )
+        return {"opened": opened, "connections": connections, "failed": failed, "seconds": seconds}
 
     async def prime(
         self,
@@ -152,7 +155,7 @@ class Rig:
     ) -> PhaseResult:
         """One phase: reset the clients' tallies, publish, wait for delivery, take deltas."""
         redis_before = await self.monitor.snapshot()
-        cpu_before = tree.cpu_seconds()
+        cpu_before = tree.cpu_split()
         machine_before = MachineCpu.now()
         await asyncio.gather(*(l.call("begin_phase", name=name) for l in self.loaders))
         published = await publish()
@@ -168,7 +171,7 @@ class Rig:
                 for l in self.loaders
             )
         )
-        cpu_after = tree.cpu_seconds()
+        cpu_after = tree.cpu_split()
         machine_after = MachineCpu.now()
         redis_after = await self.monitor.snapshot()
         result = summarize_phase(
@@ -178,9 +181,10 @@ class Rig:
                 replies,
                 redis_before,
                 redis_after,
-                cpu_after - cpu_before,
+                sum(cpu_after) - sum(cpu_before),
                 machine_before,
                 machine_after,
+                cpu_after[1] - cpu_before[1],
             )
         )
         logger.info(
@@ -247,18 +251,24 @@ class Rig:
 
 
 def plan_subscriptions(
-    subs: int, tenants: list[str], loaders: int, stall_every: int = 0
+    subs: int, tenants: list[str], loaders: int, stall_every: int = 0, per_connection: int = 1
 ) -> list[list[dict[str, Any]]]:
     """Spread subscriptions so every load process gets every tenant; every n-th may stall.
 
-    Subscription i goes to load process i mod L and tenant (i div L) mod T, so
-    tenants and processes are not correlated when T and L share a factor.
+    Connection c goes to load process c mod L and tenant (c div L) mod T, so tenants and
+    processes are not correlated when T and L share a factor. Each subscription has its
+    own connection, unless `per_connection` > 1: subscription i is then one of the
+    operations of connection i div `per_connection` (one user, one tenant).
     """
     plan: list[list[dict[str, Any]]] = [[] for _ in range(loaders)]
     for i in range(subs):
+        c = i // per_connection
         stall = bool(stall_every) and i % stall_every == stall_every - 1
-        tenant = tenants[(i // loaders) % len(tenants)]
-        plan[i % loaders].append({"index": i, "tenant": tenant, "stall": stall})
+        tenant = tenants[(c // loaders) % len(tenants)]
+        spec: dict[str, Any] = {"index": i, "tenant": tenant, "stall": stall}
+        if per_connection > 1:
+            spec["connection"] = c
+        plan[c % loaders].append(spec)
     return plan
 
 

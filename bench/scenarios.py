@@ -119,7 +119,8 @@ async def idle_run(rig: Rig, spec: TargetSpec) -> dict[str, Any]:
         await warm_up(rig, server, tenants)
         rss_base = tree.rss_bytes()
         connect = await rig.open_subs(
-            server, plan_subscriptions(config.idle_subs, tenants, len(rig.loaders))
+            server,
+            plan_subscriptions(config.idle_subs, tenants, len(rig.loaders), per_connection=config.idle_per_connection),
         )
         connect["never_primed"] = await rig.prime(tenants, timeout=120)
         await asyncio.sleep(2 * config.settle_seconds)
@@ -135,6 +136,7 @@ async def idle_run(rig: Rig, spec: TargetSpec) -> dict[str, Any]:
         return {
             "server": spec.name,
             "subs": config.idle_subs,
+            "per_connection": config.idle_per_connection,
             "tenants": config.idle_tenants,
             "workers": server.workers,
             "connect": connect,
