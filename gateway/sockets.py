@@ -125,10 +125,9 @@ class FramesNow:
     A pass writes one cohort's payload (one text object) to its members one after another,
     and most of them have the same head (clients number their first operation alike; heads
     are interned): the frame's text made for the previous member is used again
-    (`_last`), and `send_now` frames that same text object once."""
+    (`LAST_FRAME`), and `send_now` frames that same text object once."""
 
     __slots__ = ("_head", "_operation", "_send_now", "_socket")
-    _last: ClassVar[tuple[str, str, str]] = ("", "", "")  # head, payload, their frame's text
 
     def __init__(self, socket: GraphQLSocket, operation: Operation, head: str, send_now: Callable[[str, bool], bool]) -> None:
         self._socket = socket
@@ -140,12 +139,25 @@ class FramesNow:
         socket = self._socket
         if self._operation.completed or socket.closed or socket.ending is not None:
             return False
-        head, last = self._head, FramesNow._last
-        if last[1] is payload and last[0] is head:
-            return self._send_now(last[2], True)
-        text = f"{head}{payload}}}"
-        FramesNow._last = (head, payload, text)
-        return self._send_now(text, True)
+        head, last = self._head, LAST_FRAME
+        if last.payload is payload and last.head is head:
+            return self._send_now(last.text, True)
+        last.head, last.payload, last.text = head, payload, f"{head}{payload}}}"
+        return self._send_now(last.text, True)
+
+
+class LastFrame:
+    """The frame text `FramesNow.write` made last, from which head and payload. An object
+    whose attributes change, not attributes of a class: assigning those would invalidate
+    the interpreter's caches for the class on every miss (a burst misses on every write)."""
+
+    __slots__ = ("head", "payload", "text")
+
+    def __init__(self) -> None:
+        self.head = self.payload = self.text = ""
+
+
+LAST_FRAME = LastFrame()
 
 
 class GraphQLSocket:

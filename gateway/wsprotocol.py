@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections import deque
-from typing import Any, ClassVar
+from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
@@ -117,8 +117,6 @@ class Gate:
 class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's protocol with a lighter inbox and gate, and no handshake kept after the 101."""
 
-    _last: ClassVar[tuple[str, bytes]] = ("", b"")  # the text `send_now` framed last, and its frame
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue = Inbox()  # type: ignore[assignment]
@@ -157,12 +155,12 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         elif conn.state is not State.OPEN:
             return False
         else:
-            last = LeanWebSocketProtocol._last
-            if last[0] is text:  # a pass writes one frame's text to many sockets in a row
-                data = last[1]
+            last = LAST_FRAMED
+            if last.text is text:  # a pass writes one frame's text to many sockets in a row
+                data = last.data
             else:
-                data = text_frame(text.encode())
-                LeanWebSocketProtocol._last = (text, data)
+                data = last.data = text_frame(text.encode())
+                last.text = text
         if not hold:
             self.release()
             self.transport.write(data)
@@ -191,6 +189,21 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         self.request = None  # type: ignore[assignment]
         self.response = None  # type: ignore[assignment]
         super().start_keepalive()
+
+
+class LastFramed:
+    """The text `send_now` framed last, and its frame. An object whose attributes change,
+    not attributes of a class: assigning those would invalidate the interpreter's caches
+    for the protocol class on every miss."""
+
+    __slots__ = ("data", "text")
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.data = b""
+
+
+LAST_FRAMED = LastFramed()
 
 
 def text_frame(payload: bytes) -> bytes:
