@@ -120,12 +120,7 @@ class Operation:
 class FramesNow:
     """What the fan-out writer calls to write an operation's result frame (`write_directly`):
     held, so that a pass makes one write per socket (`release`); False when the socket cannot
-    take it now. An object, not a closure: it is kept for every subscription.
-
-    A pass writes one cohort's payload (one text object) to its members one after another,
-    and most of them have the same head (clients number their first operation alike; heads
-    are interned): the frame's text made for the previous member is used again
-    (`LAST_FRAME`), and `send_now` frames that same text object once."""
+    take it now. An object, not a closure: it is kept for every subscription."""
 
     __slots__ = ("_head", "_operation", "_send_now", "_socket")
 
@@ -139,25 +134,7 @@ class FramesNow:
         socket = self._socket
         if self._operation.completed or socket.closed or socket.ending is not None:
             return False
-        head, last = self._head, LAST_FRAME
-        if last.payload is payload and last.head is head:
-            return self._send_now(last.text, True)
-        last.head, last.payload, last.text = head, payload, f"{head}{payload}}}"
-        return self._send_now(last.text, True)
-
-
-class LastFrame:
-    """The frame text `FramesNow.write` made last, from which head and payload. An object
-    whose attributes change, not attributes of a class: assigning those would invalidate
-    the interpreter's caches for the class on every miss (a burst misses on every write)."""
-
-    __slots__ = ("head", "payload", "text")
-
-    def __init__(self) -> None:
-        self.head = self.payload = self.text = ""
-
-
-LAST_FRAME = LastFrame()
+        return self._send_now(f"{self._head}{payload}}}", True)
 
 
 class GraphQLSocket:
@@ -416,6 +393,7 @@ class GraphQLSocket:
             await self.bug(error)
             await self.operation_error(operation, [GraphQLError(MASKED_MESSAGE)])
             return
+        # Interned: the operations of clients that number them alike (`1`, `2`...) share one.
         head = sys.intern(f'{{"id":{orjson.dumps(operation.id).decode()},"type":"{self.result_type}","payload":')
         try:
             await self.send_payloads(operation, payloads, head, writer)

@@ -155,12 +155,7 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         elif conn.state is not State.OPEN:
             return False
         else:
-            last = LAST_FRAMED
-            if last.text is text:  # a pass writes one frame's text to many sockets in a row
-                data = last.data
-            else:
-                data = last.data = text_frame(text.encode())
-                last.text = text
+            data = text_frame(text.encode())
         if not hold:
             self.release()
             self.transport.write(data)
@@ -189,21 +184,6 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         self.request = None  # type: ignore[assignment]
         self.response = None  # type: ignore[assignment]
         super().start_keepalive()
-
-
-class LastFramed:
-    """The text `send_now` framed last, and its frame. An object whose attributes change,
-    not attributes of a class: assigning those would invalidate the interpreter's caches
-    for the protocol class on every miss."""
-
-    __slots__ = ("data", "text")
-
-    def __init__(self) -> None:
-        self.text = ""
-        self.data = b""
-
-
-LAST_FRAMED = LastFramed()
 
 
 def text_frame(payload: bytes) -> bytes:

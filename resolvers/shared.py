@@ -84,7 +84,6 @@ class Cohort:
     _cache: OrderedDict[str, str] = field(default_factory=OrderedDict)
     _decisions: OrderedDict[str, bool] = field(default_factory=OrderedDict)
     accept: Accept = field(default=lambda entry: True)  # what its members deliver (set by `open_shared`)
-    _rendered: tuple[Entry | None, str] = (None, "")  # the entry rendered last, and its text
     _sifted_batch: Sequence[Record] | None = None
     _sifted: Sequence[int] = ()
     # The bound methods every member keeps, made once for the cohort (64 bytes a member each).
@@ -119,15 +118,11 @@ class Cohort:
 
     def render(self, entry: Entry) -> str:
         """The `payload` of the `next` message for `entry`, as JSON text."""
-        last = self._rendered
-        if last[0] is entry:  # the fan-out writer asks for one entry for every member in a row
-            return last[1]
         cached = self._cache.get(entry.id)
         if cached is not None:
-            self._rendered = (entry, cached)
             return cached
         if self.plan.project is not None:
-            return self._remember(entry, orjson.dumps(self.plan.project(entry)).decode())
+            return self._remember(entry.id, orjson.dumps(self.plan.project(entry)).decode())
         convert = _ROOTS[self.plan.field_name][1]
         result = execute(
             self.schema,
@@ -139,12 +134,11 @@ class Cohort:
         payload: dict[str, Any] = {"data": result.data}  # type: ignore[union-attr]
         if result.errors:  # type: ignore[union-attr]
             payload["errors"] = [masked(error).formatted for error in result.errors]  # type: ignore[union-attr]
-        return self._remember(entry, orjson.dumps(payload).decode())
+        return self._remember(entry.id, orjson.dumps(payload).decode())
 
-    def _remember(self, entry: Entry, text: str) -> str:
+    def _remember(self, entry_id: str, text: str) -> str:
         self.renders += 1
-        self._rendered = (entry, text)
-        self._cache[entry.id] = text
+        self._cache[entry_id] = text
         if len(self._cache) > RENDER_CACHE_SIZE:
             self._cache.popitem(last=False)
         return text

@@ -557,7 +557,7 @@ class DirectWrites:
     and an object more per delivery."""
 
     __slots__ = (
-        "_accept", "_convert", "_counters", "_hub", "_latency", "_subscriber", "_write", "release", "sift"
+        "_accept", "_convert", "_counters", "_hub", "_latency", "_subscriber", "_write", "flush", "sift"
     )
 
     def __init__(
@@ -568,7 +568,7 @@ class DirectWrites:
         counters: TenantCounters,
         write: Callable[[Any], bool],
         sift: Sift | None,
-        release: Callable[[], None] | None,
+        flush: Callable[[], None] | None,
         convert: Callable[[Entry], Any] | None,
         latency: Observer | None,
     ) -> None:
@@ -580,7 +580,7 @@ class DirectWrites:
         self._convert = convert
         self._latency = latency
         self.sift = sift
-        self.release = release
+        self.flush = flush
 
     def take(self, entry: Record) -> bool:
         """Write an entry known to be accepted; False when the connection cannot take it now."""

@@ -47,7 +47,7 @@ class DirectWriter(Protocol):
     sift: Sift | None
     # Optional: called after each pass that handed records over, so that their writes to
     # one connection go out together.
-    release: Callable[[], None] | None
+    flush: Callable[[], None] | None
 
     def direct(self, record: Record) -> bool:
         """Take a record, written or skipped (True), or leave it to the consumer's own task
@@ -142,8 +142,8 @@ class Subscriber:
                 else:
                     fresh = self._hand_over(writer, fresh)
             finally:
-                if writer.release is not None:
-                    writer.release()
+                if writer.flush is not None:
+                    writer.flush()
             if not fresh:
                 return
         if (len(self._queue) if self._queue else 0) + len(fresh) > self._buffer_limit:
