@@ -36,6 +36,7 @@ class BenchConfig:
     steady_seconds: float = 10.0
     sweep: tuple[float, ...] = ()  # more steady phases, at these fractions of the burst's max rate
     payload_bytes: int = 0  # padding added to each payload
+    unique_ids: bool = False  # each subscription's operation id a UUID (graphql-ws's), not `1`
     # idle: RSS per idle subscription
     idle_subs: int = 10_000
     idle_tenants: int = 50
@@ -147,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
         " (latency against load, next to the ceiling's)",
     )
     add("--payload-bytes", type=int)
+    add(
+        "--unique-ids",
+        action="store_true",
+        default=None,
+        help="throughput: every subscription's operation id a UUID, as graphql-ws clients choose"
+        " them (default: every one `1`)",
+    )
     add("--idle-subs", type=int)
     add("--idle-tenants", type=int)
     add(

@@ -89,6 +89,7 @@ class SubSpec:
     where: dict[str, Any] | None = None  # sent as the `where` variable
     station: str | None = None  # expects only events whose payload has this station
     connection: int | None = None  # subscriptions with the same number share one connection
+    operation_id: str | None = None  # None: OPERATION_ID
 
 
 def subscribe_text(spec: SubSpec, operation_id: str = OPERATION_ID) -> str:
@@ -134,7 +135,7 @@ class Subscription:
     def __init__(self, spec: SubSpec, fleet: Fleet) -> None:
         self.spec = spec
         self.fleet = fleet
-        self.operation_id = OPERATION_ID
+        self.operation_id = spec.operation_id or OPERATION_ID
         # On the subscription that opened the connection, when others share it: every
         # subscription of the connection by operation id, itself included.
         self.operations: dict[str, Subscription] | None = None
@@ -193,7 +194,7 @@ class Subscription:
 
     async def _handshake(self, token: str) -> None:
         assert self.ws is not None
-        await init_and_subscribe(self.ws, token, subscribe_text(self.spec))
+        await init_and_subscribe(self.ws, token, subscribe_text(self.spec, self.operation_id))
         for other in self.others():
             await self.ws.send(subscribe_text(other.spec, other.operation_id))
 

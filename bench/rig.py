@@ -12,6 +12,7 @@ import contextlib
 import logging
 import secrets
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,14 +252,21 @@ class Rig:
 
 
 def plan_subscriptions(
-    subs: int, tenants: list[str], loaders: int, stall_every: int = 0, per_connection: int = 1
+    subs: int,
+    tenants: list[str],
+    loaders: int,
+    stall_every: int = 0,
+    per_connection: int = 1,
+    unique_ids: bool = False,
 ) -> list[list[dict[str, Any]]]:
     """Spread subscriptions so every load process gets every tenant; every n-th may stall.
 
     Connection c goes to load process c mod L and tenant (c div L) mod T, so tenants and
     processes are not correlated when T and L share a factor. Each subscription has its
     own connection, unless `per_connection` > 1: subscription i is then one of the
-    operations of connection i div `per_connection` (one user, one tenant).
+    operations of connection i div `per_connection` (one user, one tenant). Every
+    operation id is `1` (the first operation of each connection), or with `unique_ids`
+    a UUID of its own, as graphql-ws clients choose them.
     """
     plan: list[list[dict[str, Any]]] = [[] for _ in range(loaders)]
     for i in range(subs):
@@ -268,6 +276,8 @@ def plan_subscriptions(
         spec: dict[str, Any] = {"index": i, "tenant": tenant, "stall": stall}
         if per_connection > 1:
             spec["connection"] = c
+        if unique_ids:
+            spec["operation_id"] = str(uuid.uuid4())
         plan[c % loaders].append(spec)
     return plan
 

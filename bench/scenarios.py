@@ -63,7 +63,9 @@ async def throughput_run(rig: Rig, spec: TargetSpec, subs: int, tenant_count: in
     async with rig.target(spec, label) as server:
         tree = ProcessTree(server.pid)
         rss_base = tree.rss_bytes()
-        connect = await rig.open_subs(server, plan_subscriptions(subs, tenants, len(rig.loaders)))
+        connect = await rig.open_subs(
+            server, plan_subscriptions(subs, tenants, len(rig.loaders), unique_ids=rig.config.unique_ids)
+        )
         connect["never_primed"] = await rig.prime(tenants)
         rss_subs = tree.rss_bytes()
         connections = await rig.monitor.server_connections()
