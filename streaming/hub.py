@@ -172,9 +172,9 @@ class Hub:
     def ack(self, subscriber: Subscriber, record: Record, handed_out: bool = True) -> None:
         """Record that `record` was written to the client (or skipped)."""
         if subscriber.ack(record, handed_out):
-            self.mark_dirty(subscriber)
+            self._mark_dirty(subscriber)
 
-    def mark_dirty(self, subscriber: Subscriber) -> None:
+    def _mark_dirty(self, subscriber: Subscriber) -> None:
         """Its cursor moves at the next flush (`_flush_loop`: durable ones at every one)."""
         (self._dirty if subscriber.owner is None else self._dirty_durable)[subscriber] = None
 
@@ -210,7 +210,7 @@ class Hub:
             except REDIS_ERRORS:
                 for subscriber in batch[start:]:
                     if not subscriber.closing:
-                        self.mark_dirty(subscriber)
+                        self._mark_dirty(subscriber)
                 raise
             for subscriber, still_owner in zip(chunk, kept, strict=True):
                 if not still_owner:
@@ -588,9 +588,7 @@ class DirectWrites:
         if not self._write(entry if convert is None else convert(entry)):  # type: ignore[arg-type]
             return False
         self._counters.delivered += 1
-        subscriber = self._subscriber
-        if subscriber.ack(entry, handed_out=False):
-            self._hub.mark_dirty(subscriber)
+        self._hub.ack(self._subscriber, entry, handed_out=False)
         if self._latency is not None:
             self._latency.observe(entry)  # type: ignore[arg-type]
         return True
